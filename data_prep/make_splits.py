@@ -1,0 +1,99 @@
+"""Write UCF101-format split lists for a class-per-folder video dataset.
+
+Usage:
+    python data_prep/make_splits.py ROOT [--test-fraction 0.3 --seed 0 --split 1 --out-dir DIR]
+
+UCF-named files (v_<Class>_gXX_cYY.avi) are split by group so that no group is
+in both train and test; other names get a seeded per-class (stratified) split.
+Writes classInd.txt, trainlistNN.txt and testlistNN.txt (default into
+ROOT/ucfTrainTestlist), which actionrec.data.splits.load_split then reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+try:
+    import actionrec  # noqa: F401
+except ImportError:  # running from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from actionrec.data.splits import (
+    CLASS_INDEX_NAME,
+    SPLIT_DIR_NAMES,
+    make_group_split,
+    parse_ucf_group,
+    read_class_index,
+    scan_class_folders,
+    write_split_files,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", type=Path, help="dataset root: ROOT/<Class>/<video>")
+    parser.add_argument("--test-fraction", type=float, default=0.3,
+                        help="share of groups (or videos) for test (default: 0.3)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--split", type=int, default=1, help="split number NN in trainlistNN.txt (default: 1)")
+    parser.add_argument("--out-dir", type=Path, default=None,
+                        help=f"where to write the lists (default: ROOT/{SPLIT_DIR_NAMES[0]})")
+    parser.add_argument("--force", action="store_true", help="overwrite existing split lists")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        videos = scan_class_folders(args.root)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    classes = tuple(videos)
+    out_dir = args.out_dir if args.out_dir is not None else args.root / SPLIT_DIR_NAMES[0]
+    class_file = out_dir / CLASS_INDEX_NAME
+    existing: tuple[str, ...] = ()
+    if class_file.is_file():
+        try:
+            existing = read_class_index(class_file)
+        except ValueError:
+            pass  # malformed: reported as a conflict below, replaced with --force
+    if set(existing) == set(classes):
+        # Keep the existing label order so other splits stay valid.
+        classes = existing
+        videos = {name: videos[name] for name in classes}
+
+    # Refuse silent overwrites: changing a split after results were reported on it
+    # makes those results incomparable; a different classInd would relabel other splits.
+    conflicts = [out_dir / f"{kind}list{args.split:02d}.txt" for kind in ("train", "test")]
+    conflicts = [p for p in conflicts if p.exists()]
+    if class_file.exists() and existing != classes:
+        conflicts.append(class_file)
+    if conflicts and not args.force:
+        names = ", ".join(str(p) for p in conflicts)
+        print(f"error: split files already exist: {names}; pass --force to overwrite", file=sys.stderr)
+        return 1
+
+    try:
+        train, test = make_group_split(videos, test_fraction=args.test_fraction, seed=args.seed)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    written = write_split_files(args.root, classes, train, test, split=args.split, out_dir=out_dir)
+
+    by_group = all(parse_ucf_group(p.name) for paths in videos.values() for p in paths)
+    print(f"split {args.split} written to {written} ({'by UCF group' if by_group else 'stratified per class'})")
+    width = max(len(name) for name in classes)
+    print(f"{'class':<{width}}  train  test")
+    for label, name in enumerate(classes):
+        n_train = sum(s.label == label for s in train)
+        n_test = sum(s.label == label for s in test)
+        print(f"{name:<{width}}  {n_train:>5}  {n_test:>4}")
+    print(f"{'total':<{width}}  {len(train):>5}  {len(test):>4}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
