@@ -1,0 +1,177 @@
+"""Config -> builder adapters shared by the tools (train, eval, demo, export, benchmark).
+
+Besides ``config.py`` this is the only module that reads ``Config``: each function turns one
+config section into explicit keyword arguments for a builder under ``data/``, ``models/`` or
+``engine/``, which themselves take plain arguments only.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from actionrec.config import Config, DataConfig, ModelConfig
+from actionrec.data.dataset import ClipSampling, VideoClipDataset, class_counts
+from actionrec.data.splits import DatasetSplit, load_split
+from actionrec.data.synthetic import ensure_synthetic_dataset
+from actionrec.data.transforms import FrameOcclusion, eval_transform, train_transform
+from actionrec.models.factory import create_model
+from actionrec.models.losses import create_loss, inverse_frequency_alpha
+
+log = logging.getLogger(__name__)
+
+
+def dataset_root(data: DataConfig) -> Path:
+    """The dataset folder; the built-in synthetic dataset is generated on first use."""
+    if data.root:
+        root = Path(data.root).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(f"dataset folder not found: {root} (data.root)")
+        return root
+    cache = Path(data.cache_dir).expanduser() / "synthetic"
+    return ensure_synthetic_dataset(cache, progress=True)
+
+
+def dataset_split(data: DataConfig) -> DatasetSplit:
+    root = dataset_root(data)
+    return load_split(root, split=data.split, split_dir=Path(data.split_dir).expanduser() if data.split_dir else None)
+
+
+def transform_kwargs(data: DataConfig) -> dict:
+    return dict(resize_short=data.resize_short, crop_size=data.crop_size, mean=data.mean, std=data.std)
+
+
+def train_transform_from(data: DataConfig):
+    oc = data.occlusion
+    occlusion = FrameOcclusion(
+        prob=oc.prob,
+        max_frac=oc.max_frac,
+        mode=oc.mode,
+        patch_prob=oc.patch_prob,
+        patch_frame_frac=oc.patch_frame_frac,
+        patch_max_area=oc.patch_max_area,
+    )
+    return train_transform(
+        **transform_kwargs(data),
+        crop_scale=data.crop_scale,
+        crop_ratio=data.crop_ratio,
+        hflip=data.hflip,
+        color_jitter=data.color_jitter,
+        occlusion=occlusion,
+    )
+
+
+def eval_transforms_from(data: DataConfig, num_crops: int = 1) -> list:
+    crops = ["center"] if num_crops == 1 else ["left", "center", "right"]
+    return [eval_transform(**transform_kwargs(data), crop=c) for c in crops]
+
+
+def sampling_from(data: DataConfig, num_clips: int = 1) -> ClipSampling:
+    return ClipSampling(
+        clip_len=data.clip_len,
+        mode=data.train_sampling,
+        frame_interval=data.frame_interval,
+        short_video=data.short_video,
+        num_clips=num_clips,
+    )
+
+
+def train_dataset(cfg: Config, split: DatasetSplit) -> VideoClipDataset:
+    return VideoClipDataset(
+        split.train,
+        sampling=sampling_from(cfg.data),
+        transforms=[train_transform_from(cfg.data)],
+        train=True,
+        backend=cfg.data.backend,
+        seek=cfg.data.seek,
+        seed=cfg.train.seed,
+    )
+
+
+def eval_dataset(cfg: Config, samples, *, num_clips: int, num_crops: int = 1) -> VideoClipDataset:
+    return VideoClipDataset(
+        samples,
+        sampling=sampling_from(cfg.data, num_clips),
+        transforms=eval_transforms_from(cfg.data, num_crops),
+        train=False,
+        backend=cfg.data.backend,
+        seek=cfg.data.seek,
+        seed=cfg.train.seed,
+    )
+
+
+def model_kwargs(m: ModelConfig) -> dict:
+    return dict(
+        backbone=m.backbone,
+        pretrained=m.pretrained,
+        pretrained_format=m.pretrained_format,
+        temporal=m.temporal,
+        hidden_size=m.hidden_size,
+        num_layers=m.num_layers,
+        bidirectional=m.bidirectional,
+        lstm_dropout=m.lstm_dropout,
+        pooling=m.pooling,
+        dropout=m.dropout,
+        freeze_backbone=m.freeze_backbone,
+        freeze_stages=m.freeze_stages,
+        grad_checkpointing=m.grad_checkpointing,
+        channels_last=m.channels_last,
+    )
+
+
+def model_from(cfg: Config, num_classes: int):
+    return create_model("cnn_lstm", num_classes=num_classes, **model_kwargs(cfg.model))
+
+
+def loss_from(cfg: Config, train_labels: list[int], num_classes: int):
+    alpha = cfg.loss.alpha
+    if alpha == "auto":
+        alpha = inverse_frequency_alpha(class_counts(train_labels, num_classes))
+    elif isinstance(alpha, list) and len(alpha) != num_classes:
+        raise ValueError(f"loss.alpha has {len(alpha)} weights but the dataset has {num_classes} classes")
+    return create_loss(cfg.loss.name, gamma=cfg.loss.gamma, alpha=alpha, label_smoothing=cfg.loss.label_smoothing)
+
+
+def optimizer_kwargs(cfg: Config) -> dict:
+    o = cfg.optim
+    return dict(
+        lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum, betas=o.betas, backbone_lr_mult=o.backbone_lr_mult
+    )
+
+
+def wandb_kwargs(cfg: Config, run_dir: Path, *, resume_id: str | None = None) -> dict | None:
+    """Arguments for ``wandb.init`` (None when W&B is disabled); a resumed run keeps its id."""
+    w = cfg.logging.wandb
+    if w.mode == "disabled":
+        return None
+    from actionrec.config import config_to_dict
+
+    kwargs = dict(
+        mode=w.mode,
+        project=w.project,
+        entity=w.entity or None,
+        name=w.name or cfg.train.name or Path(run_dir).name,
+        tags=list(w.tags) or None,
+        group=w.group or None,
+        notes=w.notes or None,
+        config=config_to_dict(cfg),
+    )
+    if resume_id:
+        kwargs.update(id=resume_id, resume="allow")
+    return kwargs
+
+
+def wandb_epoch_extras(val: dict, class_names: list[str]) -> dict:
+    """Confusion-matrix plot and per-class accuracy table for W&B (empty when wandb is unused)."""
+    import wandb
+
+    if wandb.run is None or not len(val.get("labels", [])):
+        return {}
+    preds = val["scores"].argmax(1).tolist()
+    table = wandb.Table(columns=["class", "accuracy"], data=[[c, a] for c, a in val["per_class_acc"].items()])
+    return {
+        "val/confusion_matrix": wandb.plot.confusion_matrix(
+            y_true=val["labels"].tolist(), preds=preds, class_names=list(class_names)
+        ),
+        "val/per_class_acc": table,
+    }

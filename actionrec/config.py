@@ -1,0 +1,435 @@
+"""Typed experiment configuration: section dataclasses, ``load_config`` and ``validate``.
+
+A YAML file in ``configs/`` holds only the values that differ from the defaults below.
+Dotted command-line overrides (``optim.lr=3e-4 data.clip_len=8``) go through the same
+type checks. Unknown keys and wrong types raise ``ConfigError`` naming the key.
+The result is a frozen tree: derived values are computed by the caller, never written back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import yaml
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, has the wrong type, or holds an invalid value."""
+
+
+@dataclass(frozen=True)
+class OcclusionConfig:
+    """Random frame occlusion (train only)."""
+
+    prob: float = 0.0  # probability that a clip gets whole-frame occlusion
+    max_frac: float = 0.25  # at most this fraction of the clip's frames is occluded
+    mode: Literal["blank", "neighbour", "mixed"] = "mixed"
+    patch_prob: float = 0.0  # probability that a clip gets erased patches
+    patch_frame_frac: float = 0.5  # fraction of frames that receive a patch when it fires
+    patch_max_area: float = 0.2  # largest patch as a fraction of the frame area
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = ""  # UCF-style folder; empty means the built-in synthetic dataset
+    cache_dir: str = "~/.cache/actionrec"  # where the synthetic dataset is generated
+    split: int = 1
+    split_dir: str = ""  # folder with classInd.txt / trainlistNN.txt; default: look under root
+    clip_len: int = 16
+    frame_interval: int = 1  # stride between frames of a dense clip
+    train_sampling: Literal["segment", "dense"] = "segment"
+    short_video: Literal["loop", "repeat_last"] = "loop"
+    resize_short: int = 256
+    crop_size: int = 224
+    crop_scale: tuple[float, float] = (0.35, 1.0)
+    crop_ratio: tuple[float, float] = (0.75, 1.3333333)
+    hflip: bool = True  # must be False when classes differ by left/right direction
+    color_jitter: float = 0.4
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    occlusion: OcclusionConfig = field(default_factory=OcclusionConfig)
+    backend: Literal["decord", "pyav", "opencv"] = "decord"
+    seek: Literal["auto", "always", "never"] = "auto"
+    num_workers: int = 2
+    max_bad_fraction: float = 0.05  # stop when more than this fraction of videos fail to decode
+    loader_timeout: float = 300.0  # seconds a worker may take for one batch before the run stops
+
+
+@dataclass(frozen=True)
+class PlacementConfig:
+    """Model-parallel placement; empty strings mean 'the training device'."""
+
+    cnn: str = ""
+    lstm: str = ""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "resnet18"  # any timm model name
+    pretrained: str = ""  # local weights file (timm or torchvision format); never downloaded
+    pretrained_format: Literal["auto", "timm", "torchvision"] = "auto"
+    temporal: Literal["lstm", "none"] = "lstm"
+    hidden_size: int = 512
+    num_layers: int = 2
+    bidirectional: bool = True
+    lstm_dropout: float = 0.2
+    pooling: Literal["last", "mean", "attention"] = "attention"
+    dropout: float = 0.5
+    freeze_backbone: bool = False
+    freeze_stages: int = 0  # freeze the stem and the first N stages (when not fully frozen)
+    grad_checkpointing: bool = False
+    channels_last: bool = False
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    name: Literal["focal", "ce"] = "focal"
+    gamma: float = 2.0
+    alpha: str | list[float] | None = None  # None, "auto" (inverse class frequency) or one weight per class
+    label_smoothing: float = 0.0
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 3e-4
+    backbone_lr_mult: float = 1.0  # pretrained backbones usually want a smaller lr than the head
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.01  # cosine ends at lr * min_lr_ratio
+    clip_grad_norm: float = 1.0  # 0 disables clipping
+    accum_steps: int = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 8  # per process
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
+    seed: int = 42
+    deterministic: bool = False
+    output_dir: str = "runs"
+    name: str = ""  # run name; default: config file stem
+    save_every_steps: int = 0  # also write last.pt every N optimizer steps (0: per epoch only)
+    keep_best: int = 1
+    val_every: int = 1  # epochs between validations
+    val_clips: int = 1
+    max_steps_per_epoch: int = 0  # 0: the whole epoch; >0 caps it (smoke tests, debugging)
+    log_every: int = 10
+    nan_policy: Literal["stop", "skip"] = "stop"
+    dist_backend: Literal["auto", "nccl", "gloo"] = "auto"
+    sync_bn: bool = False
+    cache_features: bool = False  # frozen backbone only: compute clip features once and reuse them
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    num_clips: int = 10
+    num_crops: Literal[1, 3] = 1
+    batch_size: int = 4
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "actionrec"
+    entity: str = ""
+    name: str = ""
+    tags: list[str] = field(default_factory=list)
+    group: str = ""
+    notes: str = ""
+    log_videos_every: int = 5  # epochs between logging a few validation clips as videos (0: never)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    stride: int = 4  # run the temporal head every N frames
+    smooth: int = 5  # average the last K window predictions
+    topk: int = 3
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# dict <-> dataclass with type checks
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against annotation ``tp`` and return it in canonical form."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arm in args:
+            try:
+                return _coerce(value, arm, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: {value!r} does not match {_type_name(tp)}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
+    if origin is Literal:
+        if value in args and type(value) is type(next(a for a in args if a == value)):
+            return value
+        raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return _from_dict(tp, value, key)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        out = [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config key '{where}{unknown[0]}' (valid keys in '{prefix or 'top level'}': "
+            f"{', '.join(sorted(names))})"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], key)
+    return cls(**kwargs)
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """Plain nested dict (lists instead of tuples) suitable for YAML, JSON and checkpoints."""
+
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(cfg)
+
+
+def config_from_dict(data: dict) -> Config:
+    """Build and validate a ``Config`` from a (possibly partial) nested dict."""
+    cfg = _from_dict(Config, data or {})
+    validate(cfg)
+    return cfg
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{dotted}': '{p}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict:
+    """Turn ``["optim.lr=3e-4", "data.hflip=false"]`` into a nested dict (values parsed as YAML)."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override '{item}' has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override '{item}': cannot parse value: {e}") from None
+        _set_dotted(tree, key, value)
+    return tree
+
+
+def merge_dicts(base: dict, update: dict) -> dict:
+    """Recursive merge of nested dicts; ``update`` wins."""
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge_dicts(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply dotted overrides.
+
+    Args:
+        path: YAML file holding only the values that differ from the defaults.
+        overrides: ``key.sub=value`` strings; values are parsed with ``yaml.safe_load``.
+
+    Returns:
+        The validated, frozen ``Config``.
+
+    Raises:
+        ConfigError: unknown key, wrong type or invalid value (the message names the key).
+        FileNotFoundError: ``path`` does not exist.
+    """
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+    data = merge_dicts(data, parse_overrides(overrides))
+    return config_from_dict(data)
+
+
+def config_from_checkpoint(saved: dict, overrides: Sequence[str] = ()) -> Config:
+    """The config stored in a checkpoint plus overrides.
+
+    ``model.pretrained`` is cleared: the checkpoint already holds the weights, and the file it
+    named may not exist on the machine that evaluates or deploys the model.
+    """
+    data = merge_dicts(saved, {"model": {"pretrained": ""}})
+    return config_from_dict(merge_dicts(data, parse_overrides(overrides)))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def _check(cond: bool, key: str, value: Any, why: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}={value!r}: {why}")
+
+
+def validate(cfg: Config) -> None:
+    """Check value ranges and cross-field rules once, right after loading."""
+    d, m, lo, o, t = cfg.data, cfg.model, cfg.loss, cfg.optim, cfg.train
+    _check(d.clip_len >= 1, "data.clip_len", d.clip_len, "must be >= 1")
+    _check(d.frame_interval >= 1, "data.frame_interval", d.frame_interval, "must be >= 1")
+    _check(1 <= d.split <= 99, "data.split", d.split, "must be a split number like 1, 2 or 3")
+    _check(d.crop_size >= 8, "data.crop_size", d.crop_size, "must be >= 8")
+    _check(d.resize_short >= d.crop_size, "data.resize_short", d.resize_short, f"must be >= data.crop_size ({d.crop_size})")
+    _check(0 < d.crop_scale[0] <= d.crop_scale[1] <= 1, "data.crop_scale", d.crop_scale, "need 0 < min <= max <= 1")
+    _check(0 < d.crop_ratio[0] <= d.crop_ratio[1], "data.crop_ratio", d.crop_ratio, "need 0 < min <= max")
+    _check(0 <= d.color_jitter <= 1, "data.color_jitter", d.color_jitter, "must be in [0, 1]")
+    _check(all(s > 0 for s in d.std), "data.std", d.std, "must be positive")
+    oc = d.occlusion
+    for name in ("prob", "max_frac", "patch_prob", "patch_frame_frac", "patch_max_area"):
+        v = getattr(oc, name)
+        _check(0 <= v <= 1, f"data.occlusion.{name}", v, "must be in [0, 1]")
+    _check(d.num_workers >= 0, "data.num_workers", d.num_workers, "must be >= 0")
+    _check(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", d.max_bad_fraction, "must be in [0, 1]")
+    _check(d.loader_timeout >= 0, "data.loader_timeout", d.loader_timeout, "must be >= 0 (0: no timeout)")
+
+    _check(bool(m.backbone), "model.backbone", m.backbone, "must name a timm model")
+    _check(m.hidden_size >= 1, "model.hidden_size", m.hidden_size, "must be >= 1")
+    _check(m.num_layers >= 1, "model.num_layers", m.num_layers, "must be >= 1")
+    _check(0 <= m.lstm_dropout < 1, "model.lstm_dropout", m.lstm_dropout, "must be in [0, 1)")
+    _check(0 <= m.dropout < 1, "model.dropout", m.dropout, "must be in [0, 1)")
+    _check(m.freeze_stages >= 0, "model.freeze_stages", m.freeze_stages, "must be >= 0")
+    if m.pretrained:
+        p = Path(m.pretrained).expanduser()
+        _check(p.is_file(), "model.pretrained", m.pretrained, "file not found (weights are never downloaded)")
+
+    _check(lo.gamma >= 0, "loss.gamma", lo.gamma, "must be >= 0")
+    _check(0 <= lo.label_smoothing < 1, "loss.label_smoothing", lo.label_smoothing, "must be in [0, 1)")
+    if isinstance(lo.alpha, str):
+        _check(lo.alpha == "auto", "loss.alpha", lo.alpha, "must be null, 'auto' or a list of per-class weights")
+    elif isinstance(lo.alpha, list):
+        _check(all(a >= 0 for a in lo.alpha), "loss.alpha", lo.alpha, "weights must be >= 0")
+
+    _check(o.lr > 0, "optim.lr", o.lr, "must be > 0")
+    _check(o.backbone_lr_mult >= 0, "optim.backbone_lr_mult", o.backbone_lr_mult, "must be >= 0")
+    _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+    _check(o.warmup_epochs >= 0, "optim.warmup_epochs", o.warmup_epochs, "must be >= 0")
+    _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
+    _check(o.clip_grad_norm >= 0, "optim.clip_grad_norm", o.clip_grad_norm, "must be >= 0 (0 disables)")
+    _check(o.accum_steps >= 1, "optim.accum_steps", o.accum_steps, "must be >= 1")
+
+    _check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
+    _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
+    dev = t.device
+    _check(dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"), "train.device", dev, "use auto, cpu, cuda or cuda:N")
+    _check(t.keep_best >= 1, "train.keep_best", t.keep_best, "must be >= 1")
+    _check(t.val_every >= 1, "train.val_every", t.val_every, "must be >= 1")
+    _check(t.val_clips >= 1, "train.val_clips", t.val_clips, "must be >= 1")
+    _check(t.max_steps_per_epoch >= 0, "train.max_steps_per_epoch", t.max_steps_per_epoch, "must be >= 0")
+    _check(t.log_every >= 1, "train.log_every", t.log_every, "must be >= 1")
+    _check(t.save_every_steps >= 0, "train.save_every_steps", t.save_every_steps, "must be >= 0")
+    if t.cache_features:
+        _check(m.freeze_backbone, "train.cache_features", True, "needs model.freeze_backbone=true")
+
+    _check(cfg.eval.num_clips >= 1, "eval.num_clips", cfg.eval.num_clips, "must be >= 1")
+    _check(cfg.eval.batch_size >= 1, "eval.batch_size", cfg.eval.batch_size, "must be >= 1")
+    _check(cfg.demo.stride >= 1, "demo.stride", cfg.demo.stride, "must be >= 1")
+    _check(cfg.demo.smooth >= 1, "demo.smooth", cfg.demo.smooth, "must be >= 1")
+    _check(cfg.demo.topk >= 1, "demo.topk", cfg.demo.topk, "must be >= 1")

@@ -1,0 +1,182 @@
+"""Manifest row (video path, label) to transformed clip(s) and label.
+
+Randomness is a pure function of (seed, epoch, index): each item builds its own numpy Generator,
+so the data a run sees does not depend on the number of workers, and a resumed run sees the same
+clips as an uninterrupted one.
+
+A video that fails to decode is not fatal: the item records (path, reason) in ``failed`` and, in
+training, substitutes another video of the same split; the training loop counts and reports them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from actionrec.data.sampling import eval_clip_indices, train_clip_indices
+from actionrec.data.video_io import VideoDecodeError, VideoReader
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClipSampling:
+    """How clips are drawn from a video."""
+
+    clip_len: int = 16
+    mode: str = "segment"  # segment | dense
+    frame_interval: int = 1
+    short_video: str = "loop"  # loop | repeat_last
+    num_clips: int = 1  # eval only: evenly spaced clips per video
+
+
+class VideoClipDataset(Dataset):
+    """Clips from a list of (path, label) samples.
+
+    Args:
+        samples: sequence of objects with ``path`` and ``label`` (e.g. ``splits.VideoSample``).
+        sampling: clip sampling parameters.
+        transforms: one transform per view; train uses a single random transform, eval may pass
+            several deterministic crops (three-crop testing).
+        train: random sampling and augmentation; otherwise ``num_clips`` evenly spaced clips.
+        backend: video decoder ('decord', 'pyav' or 'opencv').
+        seek: seek policy of the frame-exact reader ('auto', 'always', 'never').
+        seed: base seed of the per-item random generators.
+        max_retries: train only: how many other videos to try when a video fails to decode.
+
+    Items are dicts: ``clip`` float tensor (T, C, H, W) in train mode, (V, T, C, H, W) in eval
+    mode with V = num_clips * len(transforms); ``label`` int; ``index`` int (the sample actually
+    used); ``failed`` list of (path, reason) for videos that could not be decoded.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence,
+        *,
+        sampling: ClipSampling,
+        transforms: Sequence[Callable],
+        train: bool,
+        backend: str = "decord",
+        seek: str = "auto",
+        seed: int = 0,
+        max_retries: int = 10,
+    ):
+        if not samples:
+            raise ValueError("dataset has no samples")
+        self.paths = [str(s.path) for s in samples]
+        self.labels = [int(s.label) for s in samples]
+        self.sampling = sampling
+        self.transforms = list(transforms)
+        self.train = train
+        self.backend, self.seek = backend, seek
+        self.seed = seed
+        self.max_retries = max_retries
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Changes the random draws; call before each epoch (workers are re-created per epoch)."""
+        self.epoch = epoch
+
+    def clip_indices(self, num_frames: int, rng: np.random.Generator) -> np.ndarray:
+        s = self.sampling
+        if self.train:
+            return train_clip_indices(
+                num_frames, s.clip_len, mode=s.mode, rng=rng, frame_interval=s.frame_interval, short_video=s.short_video
+            )[None]
+        return eval_clip_indices(
+            num_frames, s.clip_len, s.num_clips, mode=s.mode, frame_interval=s.frame_interval, short_video=s.short_video
+        )
+
+    def load(self, index: int, rng: np.random.Generator) -> torch.Tensor:
+        """Decode and transform the clip(s) of one video; raises VideoDecodeError."""
+        with VideoReader(self.paths[index], backend=self.backend, seek=self.seek) as reader:
+            clips = self.clip_indices(len(reader), rng)  # (num_clips, clip_len)
+            # One decode for all clips: the reader sorts and de-duplicates indices.
+            frames = reader.get_frames(clips.reshape(-1))
+        frames = frames.reshape(clips.shape[0], clips.shape[1], *frames.shape[1:])
+        if self.train:
+            return self.transforms[0](frames[0], rng)
+        views = [tf(clip) for clip in frames for tf in self.transforms]
+        return torch.stack(views)
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        failed: list[tuple[str, str]] = []
+        tries = self.max_retries + 1 if self.train else 1
+        current = index
+        for _ in range(tries):
+            try:
+                clip = self.load(current, rng)
+                return {"clip": clip, "label": self.labels[current], "index": current, "failed": failed}
+            except VideoDecodeError as e:
+                failed.append((self.paths[current], e.reason))
+                # Substitute another video of the same split, drawn from the item's own generator.
+                current = int(rng.integers(len(self)))
+        if self.train:
+            raise VideoDecodeError(self.paths[index], f"and {len(failed) - 1} substitutes failed to decode: {failed}")
+        return {"clip": None, "label": self.labels[index], "index": index, "failed": failed}
+
+
+def collate_clips(items: list[dict]) -> dict:
+    """Batch dataset items; eval items whose video failed (clip None) are left out but reported."""
+    failed = [f for it in items for f in it["failed"]]
+    good = [it for it in items if it["clip"] is not None]
+    if not good:
+        return {"clip": None, "label": None, "index": None, "failed": failed}
+    return {
+        "clip": torch.stack([it["clip"] for it in good]),
+        "label": torch.tensor([it["label"] for it in good], dtype=torch.long),
+        "index": torch.tensor([it["index"] for it in good], dtype=torch.long),
+        "failed": failed,
+    }
+
+
+def class_counts(labels: Sequence[int], num_classes: int) -> list[int]:
+    """Number of samples per class (for focal-loss alpha='auto')."""
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).tolist()
+
+
+
+class TooManyBadVideos(RuntimeError):
+    """More videos failed to decode than ``max_bad_fraction`` allows."""
+
+
+class DecodeFailures:
+    """Unique videos that failed to decode during a run: logged once each, capped as a fraction.
+
+    Args:
+        dataset_size: number of videos the fraction refers to.
+        max_fraction: more failures than ``max_fraction * dataset_size`` stop the run.
+    """
+
+    def __init__(self, dataset_size: int, max_fraction: float):
+        self.dataset_size = dataset_size
+        self.max_fraction = max_fraction
+        self.reasons: dict[str, str] = {}
+
+    def add(self, failed: Sequence[tuple[str, str]]) -> int:
+        """Record failures; logs new ones; returns how many were new."""
+        new = 0
+        for path, reason in failed:
+            if path not in self.reasons:
+                self.reasons[path] = reason
+                new += 1
+                log.warning("skipping unreadable video %s: %s", path, reason)
+        return new
+
+    def check(self) -> None:
+        """Raise RuntimeError listing the files when the failures exceed the limit."""
+        if len(self.reasons) > self.max_fraction * self.dataset_size:
+            files = "\n".join(f"  {p}: {r}" for p, r in sorted(self.reasons.items()))
+            raise TooManyBadVideos(
+                f"{len(self.reasons)} of {self.dataset_size} videos failed to decode, more than "
+                f"data.max_bad_fraction={self.max_fraction}. Run data_prep/check_videos.py on the dataset. Files:\n{files}"
+            )

@@ -1,0 +1,115 @@
+"""DataLoader factory: DDP-aware samplers, per-worker seeding, pinned memory on CUDA.
+
+Each worker opens its own decoder per item (decord/PyAV handles are not shared across processes).
+Workers are re-created every epoch (no persistent workers) so ``dataset.set_epoch`` reaches them.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+from actionrec.data.dataset import collate_clips
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation sampler: rank r takes indices r, r + world, ... with NO padding.
+
+    ``DistributedSampler`` pads the dataset to a multiple of the world size by repeating samples,
+    which would count some videos twice in the metrics; here every index is visited exactly once.
+    """
+
+    def __init__(self, dataset_len: int, rank: int, world_size: int):
+        self.indices = list(range(rank, dataset_len, world_size))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """``DistributedSampler`` that can skip the first items of one epoch (mid-epoch resume).
+
+    The order is the usual (seed, epoch) permutation; ``set_skip(n)`` drops its first n items on
+    the next iteration only, so a resumed epoch sees exactly the batches it had not seen yet.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.skip = 0
+
+    def set_skip(self, num_items: int) -> None:
+        self.skip = num_items
+
+    def __iter__(self):
+        items = list(super().__iter__())[self.skip :]
+        self.skip = 0
+        return iter(items)
+
+    def __len__(self) -> int:
+        return super().__len__() - self.skip
+
+
+def _seed_worker(worker_id: int) -> None:
+    # Items draw from their own (seed, epoch, index) generators; this only pins stray global RNG use.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def build_loader(
+    dataset,
+    *,
+    batch_size: int,
+    train: bool,
+    num_workers: int = 2,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    pin_memory: bool = False,
+    timeout: float = 0.0,
+    drop_last: bool | None = None,
+) -> DataLoader:
+    """Build the train or eval DataLoader.
+
+    Args:
+        dataset: a ``VideoClipDataset``.
+        batch_size: clips per process.
+        train: shuffle (DistributedSampler when world_size > 1) and drop the last partial batch.
+        num_workers: decoding processes.
+        rank, world_size: this process's place in the DDP group.
+        seed: shuffling seed (the sampler adds the epoch through ``set_epoch``).
+        pin_memory: pin host memory (use when training on CUDA).
+        timeout: seconds to wait for a batch from a worker (0: forever); guards against a hung decoder.
+        drop_last: defaults to ``train``.
+    """
+    drop_last = train if drop_last is None else drop_last
+    if train:
+        sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=False)
+    else:
+        sampler = ShardSampler(len(dataset), rank, world_size)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_clips,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        worker_init_fn=_seed_worker,
+        timeout=timeout if num_workers > 0 else 0,
+        prefetch_factor=2 if num_workers > 0 else None,
+        multiprocessing_context="forkserver" if num_workers > 0 and torch.cuda.is_initialized() else None,
+    )
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Advance shuffling and augmentation randomness to ``epoch``."""
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    loader.dataset.set_epoch(epoch)

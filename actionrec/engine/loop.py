@@ -1,0 +1,243 @@
+"""The training and evaluation loops. Each takes what it uses as arguments and returns metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from actionrec.engine.distributed import all_reduce_sum, gather_objects
+from actionrec.engine.metrics import classification_report, pool_views
+
+log = logging.getLogger(__name__)
+
+
+def setup_amp(device: torch.device, mode: str) -> tuple[Callable[[], contextlib.AbstractContextManager], torch.amp.GradScaler]:
+    """Decide mixed precision once: returns (autocast context factory, grad scaler).
+
+    'auto' picks bf16 on CUDA GPUs that support it, fp16 with loss scaling on older GPUs, and on
+    CPU bf16 only where oneDNN has native bf16 kernels: on an AVX2-only CPU (the AMD EPYC CI
+    machines) bf16 autocast made a resnet18 train step 27x slower than fp32, so 'auto' keeps fp32.
+    The scaler is a no-op unless fp16 is used, so the loop calls it unconditionally.
+    """
+    if mode == "auto":
+        if device.type == "cuda":
+            mode = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            mode = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "none"
+    if mode == "fp16" and device.type != "cuda":
+        raise ValueError("train.amp=fp16 needs CUDA; use bf16 on CPU")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
+    scaler = torch.amp.GradScaler(device.type, enabled=mode == "fp16")
+    if dtype is None:
+        return contextlib.nullcontext, scaler
+    return (lambda: torch.autocast(device_type=device.type, dtype=dtype)), scaler
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN/inf and ``nan_policy`` is 'stop'."""
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    *,
+    epoch: int,
+    autocast: Callable,
+    scaler: torch.amp.GradScaler,
+    accum_steps: int = 1,
+    clip_grad_norm: float = 0.0,
+    nan_policy: str = "stop",
+    max_steps: int = 0,
+    skip_batches: int = 0,
+    log_every: int = 10,
+    show_progress: bool = True,
+    on_log: Callable[[dict], None] | None = None,
+    on_save: Callable[[int], None] | None = None,
+    save_every_steps: int = 0,
+    step: int = 0,
+) -> dict:
+    """Train for one epoch.
+
+    Args:
+        model: the (possibly DDP-wrapped) model; inputs go to its first device, the loss is
+            computed where the logits come out (the head's device under model parallelism).
+        loader: yields dicts from ``collate_clips``.
+        scheduler: stepped after every optimizer step.
+        epoch: 0-based epoch (for messages).
+        autocast, scaler: from ``setup_amp``.
+        accum_steps: micro-batches per optimizer step (DDP gradients sync on the last one only).
+        clip_grad_norm: max global gradient norm (0: off).
+        nan_policy: 'stop' raises NonFiniteLossError, 'skip' drops that step and counts it.
+        max_steps: cap on batches this epoch (0: all).
+        skip_batches: batches already done before a mid-epoch resume (the sampler skipped them).
+        on_log: called every ``log_every`` optimizer steps with step metrics (main rank logging).
+        on_save: called with the number of batches done every ``save_every_steps`` optimizer steps.
+        step: global optimizer step at the start of the epoch.
+
+    Returns:
+        dict with loss, acc (train top-1 on the augmented clips), clips_per_s, data_wait_frac,
+        steps, step (global), skipped_nonfinite, failed (list of (path, reason)), lr.
+    """
+    model.train()
+    core = model.module if hasattr(model, "module") else model
+    out_device = core.output_device
+    total = len(loader) + skip_batches
+    if max_steps:
+        total = min(total, max_steps)
+    bar = tqdm(total=total, initial=skip_batches, desc=f"epoch {epoch + 1}", disable=not show_progress, dynamic_ncols=True, leave=False)
+    loss_sum = correct = seen = 0.0
+    nonfinite = 0
+    failed: list = []
+    data_wait = 0.0
+    t_start = t_last = time.perf_counter()
+    clips_window = 0
+    grad_norm = float("nan")
+    optimizer.zero_grad(set_to_none=True)
+    batches_done = skip_batches
+    for batch in loader:
+        if max_steps and batches_done >= max_steps:
+            break
+        data_wait += time.perf_counter() - t_last
+        failed.extend(batch["failed"])
+        clips, labels = batch["clip"], batch["label"].to(out_device, non_blocking=True)
+        micro = batches_done % accum_steps
+        last_micro = micro == accum_steps - 1 or batches_done + 1 == total
+        sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast():
+                logits = model(clips)
+            loss = criterion(logits.float(), labels)
+            if not torch.isfinite(loss):
+                nonfinite += 1
+                msg = (
+                    f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch {batches_done}, "
+                    f"lr {optimizer.param_groups[0]['lr']:.3g}; videos: {batch['index'].tolist()}"
+                )
+                if nan_policy == "stop":
+                    raise NonFiniteLossError(msg + ". Lower optim.lr, enable clipping, or set train.nan_policy=skip.")
+                log.warning("skipping step: %s", msg)
+                optimizer.zero_grad(set_to_none=True)
+                batches_done += 1
+                bar.update(1)
+                t_last = time.perf_counter()
+                continue
+            scaler.scale(loss / accum_steps).backward()
+        if last_micro:
+            if clip_grad_norm > 0:
+                scaler.unscale_(optimizer)
+                grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm))
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+        n = labels.shape[0]
+        loss_sum += loss.item() * n
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += n
+        clips_window += n
+        batches_done += 1
+        bar.update(1)
+        now = time.perf_counter()
+        if last_micro and step % log_every == 0:
+            rate = clips_window / max(now - t_start, 1e-9)
+            lr = optimizer.param_groups[-1]["lr"]
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", clips_s=f"{rate:.1f}")
+            if on_log is not None:
+                on_log(
+                    {
+                        "train/loss": loss.item(),
+                        "train/lr": lr,
+                        "train/grad_norm": grad_norm,
+                        "train/clips_per_s": rate,
+                        "train/data_wait_frac": data_wait / max(now - t_start, 1e-9),
+                        "step": step,
+                        "epoch": epoch + batches_done / max(total, 1),
+                    }
+                )
+        if last_micro and on_save is not None and save_every_steps and step % save_every_steps == 0:
+            on_save(batches_done)
+        t_last = time.perf_counter()
+    bar.close()
+    elapsed = time.perf_counter() - t_start
+    loss_sum, correct, seen = all_reduce_sum([loss_sum, correct, seen], out_device)
+    return {
+        "loss": loss_sum / max(seen, 1),
+        "acc": correct / max(seen, 1),
+        "clips_per_s": seen / max(elapsed, 1e-9),
+        "data_wait_frac": data_wait / max(elapsed, 1e-9),
+        "steps": batches_done - skip_batches,
+        "step": step,
+        "skipped_nonfinite": nonfinite,
+        "failed": failed,
+        "lr": optimizer.param_groups[-1]["lr"],
+        "time_s": elapsed,
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader,
+    criterion: nn.Module,
+    *,
+    class_names: list[str],
+    autocast: Callable,
+    show_progress: bool = True,
+    desc: str = "val",
+) -> dict:
+    """Multi-view evaluation: softmax averaged over a video's views; DDP shards gathered.
+
+    Every rank evaluates its own shard (``ShardSampler``, no padding); predictions are gathered
+    by dataset index so each video counts exactly once.
+
+    Returns:
+        ``classification_report`` keys plus ``loss``, ``failed`` and, on every rank, the
+        per-video ``scores`` (N, K), ``labels`` and ``indices`` arrays (sorted by index).
+    """
+    core = model.module if hasattr(model, "module") else model
+    core.eval()
+    out_device = core.output_device
+    scores, labels, indices, failed = [], [], [], []
+    loss_sum = 0.0
+    for batch in tqdm(loader, desc=desc, disable=not show_progress, dynamic_ncols=True, leave=False):
+        failed.extend(batch["failed"])
+        if batch["clip"] is None:
+            continue
+        clips = batch["clip"]  # (B, V, T, C, H, W)
+        b, v = clips.shape[:2]
+        y = batch["label"].to(out_device)
+        with autocast():
+            logits = core(clips.flatten(0, 1))  # (B*V, K)
+        loss_sum += criterion(logits.float().view(b, v, -1).mean(1), y).item() * b
+        scores.append(pool_views(logits, v).cpu())
+        labels.append(batch["label"])
+        indices.append(batch["index"])
+    local = {
+        "scores": torch.cat(scores).numpy() if scores else np.zeros((0, len(class_names)), np.float32),
+        "labels": torch.cat(labels).numpy() if labels else np.zeros(0, np.int64),
+        "indices": torch.cat(indices).numpy() if indices else np.zeros(0, np.int64),
+        "loss_sum": loss_sum,
+        "failed": failed,
+    }
+    parts = gather_objects(local)
+    idx = np.concatenate([p["indices"] for p in parts])
+    order = np.argsort(idx, kind="stable")
+    all_scores = np.concatenate([p["scores"] for p in parts])[order]
+    all_labels = np.concatenate([p["labels"] for p in parts])[order]
+    report = classification_report(all_scores, all_labels, class_names)
+    report["loss"] = sum(p["loss_sum"] for p in parts) / max(len(idx), 1)
+    report["failed"] = [f for p in parts for f in p["failed"]]
+    report.update(scores=all_scores, labels=all_labels, indices=idx[order])
+    return report

@@ -1,0 +1,64 @@
+"""Classification metrics over per-video scores: top-k, mean class accuracy, confusion matrix."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def pool_views(logits: torch.Tensor, num_views: int) -> torch.Tensor:
+    """(B*V, K) logits of V views per video -> (B, K) mean softmax per video."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    return probs.view(-1, num_views, probs.shape[-1]).mean(1)
+
+
+def topk_correct(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, int]:
+    """Number of samples whose label is in the top-k scores, for each k (k capped at #classes)."""
+    out = {}
+    maxk = min(max(ks), scores.shape[1])
+    top = scores.topk(maxk, dim=1).indices  # (B, maxk)
+    hits = top == labels[:, None]
+    for k in ks:
+        out[k] = int(hits[:, : min(k, maxk)].any(1).sum())
+    return out
+
+
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K, K) counts, rows = true class, columns = predicted class."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(labels, dtype=np.int64), np.asarray(preds, dtype=np.int64)), 1)
+    return cm
+
+
+def classification_report(scores: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict:
+    """Top-1/top-5, mean class accuracy, per-class accuracy and confusion matrix.
+
+    Args:
+        scores: (N, K) per-video class scores (probabilities), one row per video.
+        labels: (N,) true classes.
+        class_names: K names.
+
+    Returns:
+        dict with ``top1``, ``top5``, ``mean_class_acc`` (fractions in [0, 1]), ``per_class_acc``
+        (name -> accuracy, NaN-free: classes with no videos are left out), ``confusion`` (list of
+        lists) and ``num_videos``.
+    """
+    k = len(class_names)
+    n = len(labels)
+    if n == 0:
+        return {"top1": 0.0, "top5": 0.0, "mean_class_acc": 0.0, "per_class_acc": {}, "confusion": [], "num_videos": 0}
+    s = torch.as_tensor(scores)
+    y = torch.as_tensor(labels, dtype=torch.long)
+    hits = topk_correct(s, y, (1, 5))
+    preds = s.argmax(1).numpy()
+    cm = confusion_matrix(np.asarray(labels), preds, k)
+    support = cm.sum(1)
+    per_class = {class_names[i]: float(cm[i, i] / support[i]) for i in range(k) if support[i] > 0}
+    return {
+        "top1": hits[1] / n,
+        "top5": hits[5] / n,
+        "mean_class_acc": float(np.mean(list(per_class.values()))) if per_class else 0.0,
+        "per_class_acc": per_class,
+        "confusion": cm.tolist(),
+        "num_videos": n,
+    }

@@ -1,0 +1,189 @@
+"""CNN + temporal head: a timm backbone applied time-distributed, then a BiLSTM (or mean) head.
+
+Layouts: input clips (B, T, C, H, W); the backbone sees (B*T, C, H, W) in ONE call (time folded
+into the batch, so batch norm statistics and kernels see the whole clip batch), and returns
+(B*T, D) features that are unfolded to (B, T, D) for the head.
+
+Model parallelism: ``place(cnn_device, head_device)`` puts the backbone and the head on different
+devices; features move between them inside ``forward`` and logits come out on the head's device.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn as nn
+from timm.models import group_parameters
+
+from actionrec.models.heads import LSTMHead, MeanHead
+
+
+def _load_state_dict(path: str | Path) -> dict:
+    # weights_only: a weights file must never be able to run code.
+    sd = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
+        raise ValueError(f"{path}: not a state dict of tensors")
+    return OrderedDict((k.removeprefix("module."), v) for k, v in sd.items())
+
+
+def map_torchvision_state_dict(tv_sd: dict, timm_model: nn.Module, path: str = "") -> dict:
+    """Rename a torchvision ImageNet state dict to the keys of the equivalent timm model.
+
+    timm ports of torchvision architectures (resnet*, mobilenetv2_100, ...) register the same
+    tensors in the same order, so keys are matched by position and every shape is checked.
+    """
+    timm_sd = timm_model.state_dict()
+    if len(tv_sd) != len(timm_sd):
+        raise ValueError(
+            f"{path}: {len(tv_sd)} tensors but the timm model has {len(timm_sd)}; "
+            "is this the torchvision checkpoint of the same architecture?"
+        )
+    out = OrderedDict()
+    for (tk, tv), (mk, mv) in zip(tv_sd.items(), timm_sd.items()):
+        if tv.shape != mv.shape:
+            raise ValueError(f"{path}: tensor '{tk}' {tuple(tv.shape)} does not fit timm '{mk}' {tuple(mv.shape)}")
+        out[mk] = tv
+    return out
+
+
+def create_backbone(name: str, *, pretrained: str = "", pretrained_format: str = "auto") -> nn.Module:
+    """A timm model with its classifier intact, weights optionally loaded from a local file.
+
+    Args:
+        name: any timm model name.
+        pretrained: path to a timm- or torchvision-format checkpoint ('' for random init).
+        pretrained_format: 'timm', 'torchvision', or 'auto' (torchvision when timm's keys don't match).
+    """
+    try:
+        model = timm.create_model(name, pretrained=False)
+    except RuntimeError as e:  # timm raises RuntimeError('Unknown model ...')
+        raise ValueError(f"model.backbone={name!r}: {e}") from None
+    if pretrained:
+        sd = _load_state_dict(pretrained)
+        fmt = pretrained_format
+        if fmt == "auto":
+            fmt = "timm" if set(sd) == set(model.state_dict()) else "torchvision"
+        if fmt == "torchvision":
+            sd = map_torchvision_state_dict(sd, model, pretrained)
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{pretrained}: does not match timm '{name}': missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model
+
+
+class CNNLSTM(nn.Module):
+    """Time-distributed timm CNN + temporal head.
+
+    Args:
+        backbone: a timm model (its classifier is removed with ``reset_classifier(0)``).
+        num_classes: output classes.
+        temporal: 'lstm' (LSTMHead) or 'none' (frame-averaging MeanHead baseline).
+        head_kwargs: passed to the head (hidden_size, num_layers, bidirectional, lstm_dropout,
+            pooling, dropout).
+        freeze_backbone: no gradients into the backbone and its batch norm kept in eval mode.
+        freeze_stages: freeze the stem and the first N stages only.
+        grad_checkpointing: trade compute for activation memory in the backbone.
+        channels_last: NHWC memory format for the backbone (faster convs on recent GPUs/CPUs).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        *,
+        temporal: str = "lstm",
+        head_kwargs: dict | None = None,
+        freeze_backbone: bool = False,
+        freeze_stages: int = 0,
+        grad_checkpointing: bool = False,
+        channels_last: bool = False,
+    ):
+        super().__init__()
+        backbone.reset_classifier(0)
+        self.backbone = backbone
+        self.feature_dim = backbone.num_features
+        head_kwargs = dict(head_kwargs or {})
+        if temporal == "lstm":
+            self.head = LSTMHead(self.feature_dim, num_classes, **head_kwargs)
+        elif temporal == "none":
+            self.head = MeanHead(self.feature_dim, num_classes, dropout=head_kwargs.get("dropout", 0.5))
+        else:
+            raise ValueError(f"temporal must be 'lstm' or 'none', got {temporal!r}")
+        self.num_classes = num_classes
+        self.channels_last = channels_last
+        self.frozen_groups: list[int] = []
+        if freeze_backbone:
+            self.backbone.requires_grad_(False)
+            self.frozen_groups = [-1]
+        elif freeze_stages > 0:
+            groups = group_parameters(backbone, backbone.group_matcher(coarse=True))
+            params = dict(backbone.named_parameters())
+            for gid in sorted(groups)[: freeze_stages + 1]:  # group 0 is the stem
+                for n in groups[gid]:
+                    params[n].requires_grad_(False)
+            self.frozen_groups = sorted(groups)[: freeze_stages + 1]
+        if grad_checkpointing:
+            self.backbone.set_grad_checkpointing(True)
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+        self.cnn_device: torch.device | None = None
+        self.head_device: torch.device | None = None
+
+    @property
+    def backbone_frozen(self) -> bool:
+        return self.frozen_groups == [-1]
+
+    def train(self, mode: bool = True) -> "CNNLSTM":
+        super().train(mode)
+        if self.backbone_frozen:
+            # A frozen backbone keeps its pretrained batch-norm statistics.
+            self.backbone.eval()
+        return self
+
+    def place(self, cnn_device: torch.device | str, head_device: torch.device | str) -> "CNNLSTM":
+        """Model-parallel placement: backbone on ``cnn_device``, head on ``head_device``."""
+        self.cnn_device, self.head_device = torch.device(cnn_device), torch.device(head_device)
+        self.backbone.to(self.cnn_device)
+        self.head.to(self.head_device)
+        return self
+
+    @property
+    def input_device(self) -> torch.device:
+        return self.cnn_device or next(self.backbone.parameters()).device
+
+    @property
+    def output_device(self) -> torch.device:
+        return self.head_device or next(self.head.parameters()).device
+
+    def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) frames -> (N, D) pooled features in one backbone call."""
+        frames = frames.to(self.input_device, non_blocking=True)
+        if self.channels_last:
+            frames = frames.contiguous(memory_format=torch.channels_last)
+        return self.backbone(frames)
+
+    def clip_features(self, clips: torch.Tensor) -> torch.Tensor:
+        """(B, T, C, H, W) clips -> (B, T, D) features."""
+        b, t = clips.shape[:2]
+        feats = self.frame_features(clips.flatten(0, 1))  # (B*T, C, H, W) -> (B*T, D)
+        return feats.view(b, t, -1)
+
+    def forward_head(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, D) features -> (B, num_classes) logits on the head's device.
+
+        The head always runs in fp32 outside autocast: it is a small fraction of the compute, the
+        recurrence accumulates rounding error over time steps, and oneDNN has no bf16 LSTM
+        primitive on CPUs without native bf16 (it raises instead of falling back).
+        """
+        feats = feats.to(self.output_device, non_blocking=True).float()
+        with torch.autocast(device_type=feats.device.type, enabled=False):
+            return self.head(feats, lengths)
+
+    def forward(self, clips: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_head(self.clip_features(clips), lengths)

@@ -1,0 +1,56 @@
+"""``create_model``: model family name -> constructor, via a plain dict (greppable, no registry)."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from actionrec.models.cnn_lstm import CNNLSTM, create_backbone
+
+
+def _cnn_lstm(
+    *,
+    num_classes: int,
+    backbone: str = "resnet18",
+    pretrained: str = "",
+    pretrained_format: str = "auto",
+    temporal: str = "lstm",
+    hidden_size: int = 512,
+    num_layers: int = 2,
+    bidirectional: bool = True,
+    lstm_dropout: float = 0.2,
+    pooling: str = "attention",
+    dropout: float = 0.5,
+    freeze_backbone: bool = False,
+    freeze_stages: int = 0,
+    grad_checkpointing: bool = False,
+    channels_last: bool = False,
+) -> CNNLSTM:
+    cnn = create_backbone(backbone, pretrained=pretrained, pretrained_format=pretrained_format)
+    head_kwargs = dict(
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        bidirectional=bidirectional,
+        lstm_dropout=lstm_dropout,
+        pooling=pooling,
+        dropout=dropout,
+    )
+    return CNNLSTM(
+        cnn,
+        num_classes,
+        temporal=temporal,
+        head_kwargs=head_kwargs,
+        freeze_backbone=freeze_backbone,
+        freeze_stages=freeze_stages,
+        grad_checkpointing=grad_checkpointing,
+        channels_last=channels_last,
+    )
+
+
+MODELS = {"cnn_lstm": _cnn_lstm}
+
+
+def create_model(family: str = "cnn_lstm", **kwargs) -> nn.Module:
+    """Build a model of ``family`` (a key of ``MODELS``) with explicit keyword arguments."""
+    if family not in MODELS:
+        raise ValueError(f"unknown model family {family!r}; choose from {sorted(MODELS)}")
+    return MODELS[family](**kwargs)

@@ -1,0 +1,140 @@
+import pytest
+import torch
+
+from actionrec.models.cnn_lstm import CNNLSTM, create_backbone, map_torchvision_state_dict
+from actionrec.models.factory import create_model
+from actionrec.models.heads import LSTMHead, MeanHead
+
+SMALL = dict(backbone="test_resnet", hidden_size=16, num_layers=2, dropout=0.0, lstm_dropout=0.0)
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean", "attention"])
+@pytest.mark.parametrize("temporal", ["lstm", "none"])
+def test_output_shape_and_every_parameter_gets_gradient(pooling, temporal):
+    torch.manual_seed(0)
+    model = create_model("cnn_lstm", num_classes=5, temporal=temporal, pooling=pooling, **SMALL)
+    # timm zero-initialises each residual block's last BN gamma, which makes the convs before it
+    # receive exactly zero gradient at step 0; give them a non-zero gamma to see every path.
+    for m in model.backbone.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.constant_(m.weight, 0.5)
+    x = torch.randn(2, 4, 3, 32, 32)
+    out = model(x)
+    assert out.shape == (2, 5)
+    out.sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_time_distributed_equals_per_frame_backbone():
+    torch.manual_seed(0)
+    model = create_model("cnn_lstm", num_classes=3, **SMALL).eval()
+    x = torch.randn(2, 5, 3, 32, 32)
+    feats = model.clip_features(x)
+    assert feats.shape == (2, 5, model.feature_dim)
+    per_frame = torch.stack([torch.stack([model.backbone(x[b, t : t + 1])[0] for t in range(5)]) for b in range(2)])
+    torch.testing.assert_close(feats, per_frame, rtol=1e-4, atol=1e-5)
+
+
+def test_backbone_called_once_per_clip_batch():
+    model = create_model("cnn_lstm", num_classes=3, **SMALL)
+    calls = []
+    model.backbone.register_forward_hook(lambda m, i, o: calls.append(i[0].shape))
+    model(torch.randn(3, 4, 3, 32, 32))
+    assert calls == [torch.Size([12, 3, 32, 32])]
+
+
+def test_lstm_is_order_sensitive_and_mean_head_is_not():
+    torch.manual_seed(0)
+    feats = torch.randn(2, 6, 8)
+    rev = feats.flip(1)
+    lstm = LSTMHead(8, 4, hidden_size=8, dropout=0.0, pooling="last").eval()
+    mean = MeanHead(8, 4, dropout=0.0).eval()
+    assert not torch.allclose(lstm(feats), lstm(rev))
+    torch.testing.assert_close(mean(feats), mean(rev))
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean", "attention"])
+def test_packed_lengths_ignore_padding(pooling):
+    torch.manual_seed(0)
+    head = LSTMHead(8, 4, hidden_size=8, dropout=0.0, pooling=pooling).eval()
+    feats = torch.randn(2, 6, 8)
+    lengths = torch.tensor([6, 3])
+    out = head(feats, lengths)
+    garbage = feats.clone()
+    garbage[1, 3:] = 100.0  # padding must not matter
+    torch.testing.assert_close(head(garbage, lengths), out)
+    torch.testing.assert_close(out[1:], head(feats[1:, :3]))  # same as the unpadded sequence
+
+
+def test_lstm_init_is_orthogonal_with_forget_bias():
+    head = LSTMHead(8, 4, hidden_size=6)
+    w = head.lstm.weight_hh_l0.detach()
+    for chunk in w.chunk(4, 0):
+        torch.testing.assert_close(chunk @ chunk.T, torch.eye(6), atol=1e-5, rtol=0)
+    b = head.lstm.bias_ih_l0.detach()
+    assert torch.all(b[6:12] == 1) and torch.all(b[:6] == 0)
+
+
+def test_freeze_backbone_keeps_bn_stats_and_blocks_grads():
+    model = create_model("cnn_lstm", num_classes=3, freeze_backbone=True, **SMALL).train()
+    assert not model.backbone.training and model.head.training
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    model(torch.randn(2, 3, 3, 32, 32)).sum().backward()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    for k, v in model.backbone.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+
+
+def test_freeze_stages_freezes_stem_and_first_stage_only():
+    model = create_model("cnn_lstm", num_classes=3, freeze_stages=1, backbone="resnet18", hidden_size=8)
+    frozen = {n for n, p in model.backbone.named_parameters() if not p.requires_grad}
+    assert "conv1.weight" in frozen and any(n.startswith("layer1.") for n in frozen)
+    assert not any(n.startswith(("layer2.", "layer3.", "layer4.")) for n in frozen)
+
+
+def test_channels_last_and_grad_checkpointing_match_default():
+    torch.manual_seed(0)
+    ref = create_model("cnn_lstm", num_classes=3, backbone="resnet18", hidden_size=8, dropout=0.0).eval()
+    other = create_model(
+        "cnn_lstm", num_classes=3, backbone="resnet18", hidden_size=8, dropout=0.0, channels_last=True, grad_checkpointing=True
+    ).eval()
+    other.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 2, 3, 64, 64)
+    torch.testing.assert_close(other(x), ref(x), rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_backbone_is_a_clear_error():
+    with pytest.raises(ValueError, match="model.backbone='nonexistent_net'"):
+        create_backbone("nonexistent_net")
+
+
+def test_local_pretrained_file_timm_and_torchvision_format(tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet18()
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    m = create_backbone("resnet18", pretrained=str(tmp_path / "tv.pth"))
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(m.eval()(x), tv.eval()(x), rtol=1e-4, atol=1e-4)
+    torch.save({"state_dict": m.state_dict()}, tmp_path / "timm.pth")
+    m2 = create_backbone("resnet18", pretrained=str(tmp_path / "timm.pth"), pretrained_format="timm")
+    torch.testing.assert_close(m2.eval()(x), m(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="tensors but the timm model has"):
+        map_torchvision_state_dict({"a": torch.zeros(1)}, m, "x.pth")
+
+
+def test_model_parallel_placement_same_outputs_and_grads():
+    torch.manual_seed(0)
+    a = create_model("cnn_lstm", num_classes=3, **SMALL)
+    b = create_model("cnn_lstm", num_classes=3, **SMALL)
+    b.load_state_dict(a.state_dict())
+    b.place("cpu", "cpu")
+    x = torch.randn(2, 3, 3, 32, 32)
+    ya, yb = a(x), b(x)
+    torch.testing.assert_close(ya, yb)
+    ya.sum().backward()
+    yb.sum().backward()
+    for (n, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, msg=n)
+    assert isinstance(b, CNNLSTM) and b.output_device == torch.device("cpu")

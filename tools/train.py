@@ -1,0 +1,169 @@
+#!/usr/bin/env python
+"""Train a CNN + BiLSTM action recogniser on a UCF101-style folder.
+
+    python tools/train.py                                   # quickstart on built-in synthetic data
+    python tools/train.py --config configs/ucf101_resnet50_bilstm.yaml data.root=/data/UCF-101
+    python tools/train.py --config configs/quickstart.yaml optim.lr=1e-3 train.epochs=5 --resume auto
+    torchrun --nproc_per_node=4 tools/train.py --config ...  # DDP
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from actionrec import build
+from actionrec.cli import exit_on_error, setup_logging
+from actionrec.config import config_to_dict, load_config, save_config
+from actionrec.data.dataset import DecodeFailures
+from actionrec.data.loader import build_loader, set_epoch
+from actionrec.engine import checkpoint as ckpt_io
+from actionrec.engine import distributed as D
+from actionrec.engine.loop import evaluate, setup_amp, train_one_epoch
+from actionrec.engine.optim import create_optimizer, create_scheduler
+from actionrec.engine.plots import plot_confusion, plot_curves
+from actionrec.engine.tracking import RunLogger
+
+log = logging.getLogger("actionrec.train")
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+HEADER = f"{'epoch':>5} {'loss':>7} {'acc':>6} {'val_loss':>8} {'top1':>6} {'top5':>6} {'mca':>6} {'lr':>9} {'clips/s':>7} {'time':>6} {'bad':>4}"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="experiment YAML (default: %(default)s)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 data.clip_len=8")
+    p.add_argument("--resume", default="", help="'auto' (last.pt of this run, if any) or a checkpoint path")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return p.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> dict:
+    cfg = load_config(args.config, args.overrides)
+    dist = D.init_distributed(cfg.train.dist_backend)
+    device = D.resolve_device(cfg.train.device, dist.local_rank)
+    cnn_dev = D.resolve_device(cfg.model.placement.cnn, dist.local_rank) if cfg.model.placement.cnn else device
+    head_dev = D.resolve_device(cfg.model.placement.lstm, dist.local_rank) if cfg.model.placement.lstm else device
+    run_dir = Path(cfg.train.output_dir) / (cfg.train.name or Path(args.config).stem)
+    setup_logging(run_dir / "train.log" if dist.is_main else None, main=dist.is_main)
+    torch.manual_seed(cfg.train.seed + dist.rank)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+    # Data. The synthetic dataset is generated under a file lock, so ranks can race safely.
+    split = build.dataset_split(cfg.data)
+    classes, num_classes = list(split.classes), len(split.classes)
+    train_ds, val_ds = build.train_dataset(cfg, split), build.eval_dataset(cfg, split.test, num_clips=cfg.train.val_clips)
+    loader_kw = dict(num_workers=cfg.data.num_workers, rank=dist.rank, world_size=dist.world_size,
+                     seed=cfg.train.seed, pin_memory=device.type == "cuda", timeout=cfg.data.loader_timeout)
+    train_loader = build_loader(train_ds, batch_size=cfg.train.batch_size, train=True, **loader_kw)
+    val_loader = build_loader(val_ds, batch_size=cfg.eval.batch_size, train=False, **loader_kw)
+    failures = DecodeFailures(len(train_ds) + len(val_ds), cfg.data.max_bad_fraction)
+
+    # Model, loss, optimizer, schedule, precision.
+    model = build.model_from(cfg, num_classes).place(cnn_dev, head_dev)
+    if cfg.train.sync_bn and dist.distributed:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    core = model
+    if dist.distributed:
+        single = cnn_dev == head_dev and cnn_dev.type == "cuda"
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[cnn_dev] if single else None)
+    criterion = build.loss_from(cfg, train_ds.labels, num_classes).to(head_dev)
+    optimizer = create_optimizer(core, cfg.optim.name, **build.optimizer_kwargs(cfg))
+    steps_per_epoch = len(train_loader) if not cfg.train.max_steps_per_epoch else min(len(train_loader), cfg.train.max_steps_per_epoch)
+    updates_per_epoch = max(1, steps_per_epoch // cfg.optim.accum_steps)
+    scheduler = create_scheduler(optimizer, warmup_steps=int(cfg.optim.warmup_epochs * updates_per_epoch),
+                                 total_steps=cfg.train.epochs * updates_per_epoch, min_ratio=cfg.optim.min_lr_ratio)
+    autocast, scaler = setup_amp(device, cfg.train.amp)
+
+    # Resume: model, optimizer, schedule, scaler, RNG, epoch and W&B run id come from the checkpoint.
+    start_epoch, skip_batches, step, wandb_id = 0, 0, 0, None
+    resume_path = ckpt_io.find_resume(run_dir, args.resume)
+    if resume_path is not None:
+        ckpt = ckpt_io.load_checkpoint(resume_path)
+        start_epoch, skip_batches, step = ckpt_io.restore_training_state(
+            ckpt, model=core, optimizer=optimizer, scheduler=scheduler, scaler=scaler, class_names=classes)
+        wandb_id = ckpt["extra"].get("wandb_id")
+        log.info("resumed from %s: epoch %d, batch %d, step %d", resume_path, start_epoch + 1, skip_batches, step)
+        del ckpt
+    saver = ckpt_io.CheckpointSaver(run_dir, cfg.train.keep_best)
+    tracker = RunLogger(run_dir, wandb_kwargs=build.wandb_kwargs(cfg, run_dir, resume_id=wandb_id), enabled=dist.is_main)
+    if dist.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+        tracker.truncate(start_epoch)
+    n_params = sum(p.numel() for p in core.parameters())
+    n_train = sum(p.numel() for p in core.parameters() if p.requires_grad)
+    log.info("run %s | %d train / %d val videos, %d classes | world size %d | device %s (cnn %s, head %s) | amp %s",
+             run_dir, len(train_ds), len(val_ds), num_classes, dist.world_size, device, cnn_dev, head_dev, cfg.train.amp)
+    log.info("model %s + %s head: %.2fM params (%.2fM trainable) | effective batch %d | %s groups: %s",
+             cfg.model.backbone, cfg.model.temporal, n_params / 1e6, n_train / 1e6,
+             cfg.train.batch_size * dist.world_size * cfg.optim.accum_steps, cfg.optim.name,
+             ", ".join(f"{g['name']}(lr={g['lr']:.2e}, wd={g['weight_decay']})" for g in optimizer.param_groups))
+
+    def save(epoch: int, *, complete: bool, batches_done: int = 0, metrics: dict | None = None) -> dict:
+        ckpt = ckpt_io.make_checkpoint(
+            model=core, optimizer=optimizer, scheduler=scheduler, scaler=scaler, epoch=epoch, step=step,
+            config=config_to_dict(cfg), class_names=classes, metrics=metrics, epoch_complete=complete,
+            extra={"batches_done": batches_done, "wandb_id": tracker.wandb_id})
+        saver.save_last(ckpt)
+        return ckpt
+
+    if dist.is_main:
+        print(HEADER, flush=True)
+    last_val: dict = {}
+    for epoch in range(start_epoch, cfg.train.epochs):
+        set_epoch(train_loader, epoch)
+        if skip_batches:
+            train_loader.sampler.set_skip(skip_batches * cfg.train.batch_size)
+        tr = train_one_epoch(
+            model, train_loader, criterion, optimizer, scheduler, epoch=epoch, autocast=autocast, scaler=scaler,
+            accum_steps=cfg.optim.accum_steps, clip_grad_norm=cfg.optim.clip_grad_norm, nan_policy=cfg.train.nan_policy,
+            max_steps=cfg.train.max_steps_per_epoch, skip_batches=skip_batches, log_every=cfg.train.log_every,
+            show_progress=dist.is_main and sys.stderr.isatty(), on_log=tracker.log_step, step=step,
+            on_save=lambda done: dist.is_main and save(epoch, complete=False, batches_done=done),
+            save_every_steps=cfg.train.save_every_steps)
+        step, skip_batches = tr["step"], 0
+        failures.add(tr["failed"])
+        row = {"epoch": epoch + 1, "step": step, "train_loss": tr["loss"], "train_acc": tr["acc"], "lr": tr["lr"],
+               "clips_per_s": tr["clips_per_s"], "data_wait_frac": tr["data_wait_frac"], "time_s": tr["time_s"],
+               "skipped_nonfinite": tr["skipped_nonfinite"]}
+        if (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs:
+            last_val = evaluate(model, val_loader, criterion, class_names=classes, autocast=autocast,
+                                show_progress=dist.is_main and sys.stderr.isatty())
+            failures.add(last_val["failed"])
+            row.update({f"val_{k}": last_val[k] for k in ("loss", "top1", "top5", "mean_class_acc")})
+        row["bad_videos"] = len(failures.reasons)
+        failures.check()
+        if dist.is_main:
+            tracker.log_epoch(row, step=step, extra_wandb=build.wandb_epoch_extras(last_val, classes) if "val_top1" in row else None)
+            ckpt = save(epoch, complete=True, metrics=row)
+            if "val_top1" in row and saver.update_best(ckpt, row["val_top1"], epoch + 1):
+                plot_confusion(last_val["confusion"], classes, run_dir / "plots" / "confusion_best.png",
+                               title=f"best: epoch {epoch + 1}, top-1 {row['val_top1']:.3f}")
+            plot_curves(tracker.history(), run_dir / "plots" / "curves.png")
+            v = lambda k: f"{row[k]:.3f}" if k in row else "-"  # noqa: E731
+            print(f"{epoch + 1:>5} {tr['loss']:>7.4f} {tr['acc']:>6.3f} {v('val_loss'):>8} {v('val_top1'):>6} "
+                  f"{v('val_top5'):>6} {v('val_mean_class_acc'):>6} {tr['lr']:>9.2e} {tr['clips_per_s']:>7.1f} "
+                  f"{tr['time_s']:>5.0f}s {len(failures.reasons):>4}", flush=True)
+        D.barrier()
+    if dist.is_main:
+        best = saver.best[0] if saver.best else None
+        log.info("done: best val top-1 %s | checkpoints in %s", f"{best['metric']:.4f} (epoch {best['epoch']})" if best else "n/a", run_dir)
+        if failures.reasons:
+            log.warning("%d videos were skipped as unreadable: %s", len(failures.reasons), ", ".join(sorted(failures.reasons)))
+    tracker.finish()
+    D.cleanup()
+    return {"run_dir": str(run_dir), "last_val": {k: last_val.get(k) for k in ("top1", "top5", "mean_class_acc", "loss")},
+            "best": saver.best}
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    with exit_on_error(args.debug):
+        main(args)
