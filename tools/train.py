@@ -39,19 +39,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="experiment YAML (default: %(default)s)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 data.clip_len=8")
     p.add_argument("--resume", default="", help="'auto' (last.pt of this run, if any) or a checkpoint path")
+    p.add_argument("--stop-after", type=int, default=0, metavar="N",
+                   help="exit after N epochs in this invocation (time-limited cluster jobs); continue with --resume auto")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> dict:
     cfg = load_config(args.config, args.overrides)
-    dist = D.init_distributed(cfg.train.dist_backend)
-    device = D.resolve_device(cfg.train.device, dist.local_rank)
-    cnn_dev = D.resolve_device(cfg.model.placement.cnn, dist.local_rank) if cfg.model.placement.cnn else device
-    head_dev = D.resolve_device(cfg.model.placement.lstm, dist.local_rank) if cfg.model.placement.lstm else device
+    dist = D.init_distributed(cfg.train.dist_backend, device=cfg.model.placement.cnn or cfg.train.device)
+    # Devices first, so a missing GPU or two ranks sharing one fails before any data is read.
+    place = cfg.model.placement
+    cnn_dev, head_dev = D.resolve_placement(cfg.train.device, place.cnn, place.lstm, dist.local_rank)
+    D.bind_devices([cnn_dev, head_dev])
+    device = cnn_dev  # inputs, autocast and pinned memory follow the backbone
     run_dir = Path(cfg.train.output_dir) / (cfg.train.name or Path(args.config).stem)
     setup_logging(run_dir / "train.log" if dist.is_main else None, main=dist.is_main)
-    torch.manual_seed(cfg.train.seed + dist.rank)
+    torch.manual_seed(D.rank_seed(cfg.train.seed, dist.rank, dist.world_size))
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
@@ -68,12 +72,9 @@ def main(args: argparse.Namespace) -> dict:
 
     # Model, loss, optimizer, schedule, precision.
     model = build.model_from(cfg, num_classes).place(cnn_dev, head_dev)
-    if cfg.train.sync_bn and dist.distributed:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    core = model
     if dist.distributed:
-        single = cnn_dev == head_dev and cnn_dev.type == "cuda"
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[cnn_dev] if single else None)
+        model = D.wrap_ddp(model, sync_bn=cfg.train.sync_bn)
+    core = ckpt_io.unwrap(model)  # optimizer and checkpoints see the plain model (no 'module.' keys)
     criterion = build.loss_from(cfg, train_ds.labels, num_classes).to(head_dev)
     optimizer = create_optimizer(core, cfg.optim.name, **build.optimizer_kwargs(cfg))
     steps_per_epoch = len(train_loader) if not cfg.train.max_steps_per_epoch else min(len(train_loader), cfg.train.max_steps_per_epoch)
@@ -90,6 +91,8 @@ def main(args: argparse.Namespace) -> dict:
         start_epoch, skip_batches, step = ckpt_io.restore_training_state(
             ckpt, model=core, optimizer=optimizer, scheduler=scheduler, scaler=scaler, class_names=classes)
         wandb_id = ckpt["extra"].get("wandb_id")
+        if dist.distributed:  # the checkpoint holds rank 0's RNG state; give each rank its own stream again
+            torch.manual_seed(D.rank_seed(cfg.train.seed, dist.rank, dist.world_size, step))
         log.info("resumed from %s: epoch %d, batch %d, step %d", resume_path, start_epoch + 1, skip_batches, step)
         del ckpt
     saver = ckpt_io.CheckpointSaver(run_dir, cfg.train.keep_best)
@@ -117,7 +120,8 @@ def main(args: argparse.Namespace) -> dict:
     if dist.is_main:
         print(HEADER, flush=True)
     last_val: dict = {}
-    for epoch in range(start_epoch, cfg.train.epochs):
+    end_epoch = min(cfg.train.epochs, start_epoch + args.stop_after) if args.stop_after else cfg.train.epochs
+    for epoch in range(start_epoch, end_epoch):
         set_epoch(train_loader, epoch)
         if skip_batches:
             train_loader.sampler.set_skip(skip_batches * cfg.train.batch_size)
@@ -141,7 +145,10 @@ def main(args: argparse.Namespace) -> dict:
         row["bad_videos"] = len(failures.reasons)
         failures.check()
         if dist.is_main:
-            tracker.log_epoch(row, step=step, extra_wandb=build.wandb_epoch_extras(last_val, classes) if "val_top1" in row else None)
+            media = tracker.eval_media(last_val, classes) if "val_top1" in row else {}
+            if media and build.wandb_videos_due(cfg, epoch):
+                media.update(tracker.val_videos(val_ds, last_val, classes, mean=cfg.data.mean, std=cfg.data.std))
+            tracker.log_epoch(row, step=step, extra_wandb=media)
             ckpt = save(epoch, complete=True, metrics=row)
             if "val_top1" in row and saver.update_best(ckpt, row["val_top1"], epoch + 1):
                 plot_confusion(last_val["confusion"], classes, run_dir / "plots" / "confusion_best.png",
@@ -157,6 +164,9 @@ def main(args: argparse.Namespace) -> dict:
         log.info("done: best val top-1 %s | checkpoints in %s", f"{best['metric']:.4f} (epoch {best['epoch']})" if best else "n/a", run_dir)
         if failures.reasons:
             log.warning("%d videos were skipped as unreadable: %s", len(failures.reasons), ", ".join(sorted(failures.reasons)))
+        if best and cfg.logging.wandb.log_model:
+            tracker.log_model(saver.best_path, aliases=["best", f"epoch-{best['epoch']}"], metadata={
+                "config": config_to_dict(cfg), "class_names": classes, "epoch": best["epoch"], "val_top1": best["metric"]})
     tracker.finish()
     D.cleanup()
     return {"run_dir": str(run_dir), "last_val": {k: last_val.get(k) for k in ("top1", "top5", "mean_class_acc", "loss")},

@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny clips written with OpenCV into pytest's temp dirs."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import pytest
+
+INDEX_VIDEO_FRAMES = 48
+_CELL = 16  # 4x4 grid of 16x16 cells: aligned to codec macroblocks, so it survives
+
+
+def index_frame(i: int, size: int = 64) -> np.ndarray:
+    """An RGB frame encoding ``i`` (< 48): cell ``i % 16`` lit in channel ``i // 16``."""
+    frame = np.full((size, size, 3), 40, np.uint8)
+    row, col = divmod(i % 16, 4)
+    block = frame[row * _CELL:(row + 1) * _CELL, col * _CELL:(col + 1) * _CELL]
+    block[..., i // 16] = 255
+    return frame
+
+
+def decode_index(frame: np.ndarray) -> int:
+    """Inverse of ``index_frame``; tolerant of lossy compression."""
+    cells = frame[:64, :64].reshape(4, _CELL, 4, _CELL, 3).mean(axis=(1, 3))  # (4, 4, C)
+    cell = int(cells.sum(-1).argmax())
+    return int(cells.reshape(16, 3)[cell].argmax()) * 16 + cell
+
+
+@pytest.fixture(scope="session")
+def make_video(tmp_path_factory) -> Callable[..., Path]:
+    """Returns ``write(path, frames, fps=25, fourcc="XVID") -> Path``.
+
+    ``frames`` is (T, H, W, 3) RGB uint8. A relative ``path`` lands in a fresh
+    temp dir. ``fourcc`` is "XVID" (use .avi) or "mp4v" (use .mp4).
+    """
+    counter = itertools.count()
+
+    def write(path: str | Path, frames: np.ndarray, fps: float = 25,
+              fourcc: str = "XVID") -> Path:
+        path = Path(path)
+        if not path.is_absolute():
+            path = tmp_path_factory.mktemp(f"video{next(counter)}") / path
+        t, h, w, _ = frames.shape
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
+        assert writer.isOpened(), f"OpenCV cannot write {fourcc} to {path}"
+        for frame in frames:
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))  # OpenCV wants BGR
+        writer.release()
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def frame_index_frames() -> np.ndarray:
+    """The 48 source frames (48, 64, 64, 3) of ``frame_index_video``."""
+    return np.stack([index_frame(i) for i in range(INDEX_VIDEO_FRAMES)])
+
+
+@pytest.fixture(scope="session")
+def frame_index_video(make_video, frame_index_frames) -> Path:
+    """48-frame 64x64 XVID .avi at 25 fps; ``decode_index`` recovers each frame's index."""
+    return make_video("index.avi", frame_index_frames, fps=25, fourcc="XVID")
+
+
+@pytest.fixture(scope="session")
+def frame_index_of() -> Callable[[np.ndarray], int]:
+    """``decode_index`` as a fixture, so tests need not import conftest."""
+    return decode_index
