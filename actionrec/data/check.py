@@ -1,0 +1,412 @@
+"""Classify the videos of a dataset as readable or broken, and move broken ones aside.
+
+Every file gets one status, the most severe that applies:
+
+========================  ==========================================================  =======
+status                    meaning                                                     bad?
+========================  ==========================================================  =======
+``unreadable``            no container or video stream, or the training backend       yes
+                          cannot open or decode it
+``zero_frames``           opens, but not one frame decodes                            yes
+``truncated``             the header declares more frames than decode to the end     yes
+                          of the file (or decoding stops with an error)
+``seek_unreliable``       random access (decord ``get_batch``) returns other frames  no
+                          than a sequential decode on a sample of frames
+``too_short``             fewer frames than one clip spans (sampling will loop it)    no
+``ok``                    none of the above
+========================  ==========================================================  =======
+
+"Bad" files fail or mislead training and are what ``quarantine`` moves. ``seek_unreliable``
+files are read correctly by the default ``seek='auto'`` policy (it decodes them sequentially),
+only slower, and are wrong with ``seek='always'``: re-encode them with
+``data_prep/transcode.py``. ``too_short`` files are usable; they are listed so a user can tell
+whether ``clip_len`` suits the data.
+
+How a file is checked: one sequential PyAV decode to the end of the file (the reference: only
+the sampled frames are converted to RGB, so memory stays flat) gives the decodable frame count
+and reference frames; the training backend then reads the sampled frames as training would
+(``seek`` policy) and, for decord, with forced random access. Frames are compared by mean
+absolute difference, tolerant of the 1-grey-level IDCT rounding between decord's and PyAV's
+FFmpeg builds but not of a neighbouring frame.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import posixpath
+import re
+import shutil
+import time
+import zlib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from actionrec.data.splits import CLASS_INDEX_NAME, SPLIT_DIR_NAMES, VIDEO_EXTENSIONS, find_split_dir
+from actionrec.data.video_io import VideoDecodeError, VideoReader
+
+STATUSES = ("unreadable", "zero_frames", "truncated", "seek_unreliable", "too_short", "ok")
+BAD_STATUSES = ("unreadable", "zero_frames", "truncated")
+# Mean absolute difference (0-255 scale) above which two decodes of a frame are different frames.
+# Same-frame differences between FFmpeg builds are ~0.01; neighbouring frames of real video ~2-20.
+FRAME_TOLERANCE = 1.0
+_SPLIT_LIST = re.compile(r"^(train|test)list\d+\.txt$")
+
+
+@dataclass(frozen=True)
+class VideoCheck:
+    """Result of checking one file.
+
+    Attributes:
+        path: the file (as given, or relative to the dataset root in reports).
+        status: one of ``STATUSES``.
+        reason: what is wrong, empty when ``ok``.
+        declared_frames: frame count in the container header (None if it cannot be opened).
+        decoded_frames: frames that decode sequentially to the end of the file.
+        fps, width, height: stream properties (None when unknown).
+        seconds: time the check took.
+    """
+
+    path: str
+    status: str
+    reason: str = ""
+    declared_frames: int | None = None
+    decoded_frames: int | None = None
+    fps: float | None = None
+    width: int | None = None
+    height: int | None = None
+    seconds: float = 0.0
+
+    @property
+    def bad(self) -> bool:
+        return self.status in BAD_STATUSES
+
+
+def _first_line(err: BaseException, path: str = "") -> str:
+    text = str(err).strip().splitlines()
+    line = text[0] if text else ""
+    if path and line.endswith(f": '{path}'"):  # FFmpeg errors repeat the path the report already names
+        line = line[: -len(f": '{path}'")]
+    return f"{type(err).__name__}: {line}"
+
+
+def _sample_indices(path: str, num_frames: int, count: int) -> list[int]:
+    """A fixed sample of ``count`` frame indices for this file (seeded by its name), sorted."""
+    if num_frames <= 0:
+        return []
+    rng = np.random.default_rng(zlib.crc32(os.path.basename(path).encode()))
+    k = min(count, num_frames)
+    return sorted(rng.choice(num_frames, size=k, replace=False).tolist())
+
+
+def _count_packets(path: str) -> int:
+    import av
+
+    try:
+        with av.open(path) as container:
+            return sum(1 for p in container.demux(video=0) if p.size)
+    except av.error.FFmpegError:
+        return 0
+
+
+def _reference_decode(path: str, sample_count: int) -> dict:
+    """Sequential PyAV decode to EOF: header count, decodable count, sampled RGB frames, error."""
+    import av
+
+    out: dict = {"declared": None, "decoded": 0, "fps": None, "width": None, "height": None,
+                 "frames": {}, "error": None, "sample": []}
+    try:
+        container = av.open(path)
+    except av.error.FFmpegError as e:
+        out["open_error"] = _first_line(e, path)
+        return out
+    with container:
+        if not container.streams.video:
+            out["open_error"] = "no video stream"
+            return out
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        stream.thread_count = 1  # one process per file already uses the cores
+        out["fps"] = float(stream.average_rate or stream.guessed_rate or 0) or None
+        declared = stream.frames or _count_packets(path)  # MKV/WebM/MPEG-PS headers carry no count
+        out["declared"] = declared
+        out["sample"] = want = _sample_indices(path, declared, sample_count)
+        wanted = set(want)
+        n = 0
+        try:
+            for frame in container.decode(stream):
+                if n == 0:
+                    out["width"], out["height"] = frame.width, frame.height
+                if n in wanted:
+                    out["frames"][n] = frame.to_ndarray(format="rgb24")
+                n += 1
+        except av.error.FFmpegError as e:
+            out["error"] = _first_line(e, path)
+        out["decoded"] = n
+    return out
+
+
+def _mismatches(frames: np.ndarray, indices: Sequence[int], reference: dict) -> list[int]:
+    bad = []
+    for frame, i in zip(frames, indices):
+        ref = reference.get(i)
+        if ref is None or ref.shape != frame.shape:
+            bad.append(i)
+        elif np.abs(frame.astype(np.int16) - ref.astype(np.int16)).mean() > FRAME_TOLERANCE:
+            bad.append(i)
+    return bad
+
+
+def check_video(
+    path: str | os.PathLike,
+    *,
+    clip_len: int = 16,
+    frame_interval: int = 1,
+    backend: str = "decord",
+    seek: str = "auto",
+    seek_samples: int = 8,
+) -> VideoCheck:
+    """Classify one video file (see the module docstring for the statuses).
+
+    Args:
+        path: the video file.
+        clip_len: frames per training clip; fewer decodable frames than one clip spans
+            (``(clip_len - 1) * frame_interval + 1``) gives ``too_short``.
+        frame_interval: stride between clip frames.
+        backend: the training decoder ('decord', 'pyav' or 'opencv').
+        seek: the training seek policy the backend read uses.
+        seek_samples: how many frames the random-access check compares.
+
+    Returns:
+        The ``VideoCheck``. Never raises for a broken file; that is what the status is for.
+    """
+    path = os.fspath(path)
+    t0 = time.monotonic()
+
+    def result(status: str, reason: str = "", ref: dict | None = None) -> VideoCheck:
+        ref = ref or {}
+        return VideoCheck(path, status, reason, ref.get("declared"), ref.get("decoded"), ref.get("fps"),
+                          ref.get("width"), ref.get("height"), round(time.monotonic() - t0, 3))
+
+    if not os.path.isfile(path):
+        return result("unreadable", "not a regular file" if os.path.exists(path) else "file not found")
+    if os.path.getsize(path) == 0:
+        return result("unreadable", "empty file (0 bytes)")
+
+    ref = _reference_decode(path, seek_samples)
+    if "open_error" in ref:
+        return result("unreadable", ref["open_error"], ref)
+    declared, decoded = ref["declared"], ref["decoded"]
+    if decoded == 0:
+        why = f"header says {declared} frames, none decodes" if declared else "no frames in the file"
+        return result("zero_frames", why + (f" ({ref['error']})" if ref["error"] else ""), ref)
+
+    problem = ""
+    if declared and decoded < declared:
+        problem = f"header says {declared} frames, only {decoded} decode"
+    if ref["error"]:
+        problem = (problem + "; " if problem else f"decoding stops after {decoded} frames: ") + ref["error"]
+
+    # The training read: the same frames through the configured backend and seek policy.
+    sample = [i for i in ref["sample"] if i < decoded] or [0]
+    try:
+        with VideoReader(path, backend=backend, seek=seek) as reader:
+            sample = [i for i in sample if i < len(reader)] or [0]
+            got = reader.get_frames(sample)
+    except (VideoDecodeError, IndexError) as e:
+        reason = e.reason if isinstance(e, VideoDecodeError) else str(e)
+        if problem:
+            return result("truncated", f"{problem} ({backend} cannot read it either: {reason})", ref)
+        return result("unreadable", f"{backend}: {reason} (PyAV decodes all {decoded} frames: "
+                                    "transcode it, or use data.backend=pyav)", ref)
+    if problem:
+        return result("truncated", problem, ref)
+    wrong = _mismatches(got, sample, ref["frames"])
+    if wrong:
+        return result("unreadable", f"{backend} (seek={seek}) returns wrong frames at {wrong[:5]}", ref)
+
+    if backend == "decord" and seek != "always":
+        try:
+            with VideoReader(path, backend="decord", seek="always") as reader:
+                got = reader.get_frames(sample)
+            wrong = _mismatches(got, sample, ref["frames"])
+            if wrong:
+                return result("seek_unreliable", f"random access returns other frames at indices {wrong[:5]} "
+                                                 f"of {sample}", ref)
+        except (VideoDecodeError, IndexError) as e:
+            return result("seek_unreliable", f"random access fails: {getattr(e, 'reason', e)}", ref)
+
+    span = (clip_len - 1) * frame_interval + 1
+    if decoded < span:
+        return result("too_short", f"{decoded} frames < {span} spanned by one clip "
+                                   f"(clip_len={clip_len}, frame_interval={frame_interval}); sampling loops it", ref)
+    return result("ok", "", ref)
+
+
+def find_videos(root: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+    """Video files under ``root`` (any depth) and the other files found next to them.
+
+    Hidden files and folders and the split-list folders are skipped.
+
+    Returns:
+        (videos, others): sorted paths relative to ``root``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {root}")
+    videos, others = [], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not (here == root and d in SPLIT_DIR_NAMES))
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            rel = (here / name).relative_to(root)
+            (videos if rel.suffix.lower() in VIDEO_EXTENSIONS else others).append(rel)
+    return sorted(videos), sorted(others)
+
+
+def summarize(results: Iterable[VideoCheck]) -> dict[str, int]:
+    """Count per status, every status present (zeros included), in ``STATUSES`` order."""
+    counts = dict.fromkeys(STATUSES, 0)
+    for r in results:
+        counts[r.status] += 1
+    return counts
+
+
+def format_table(results: Sequence[VideoCheck]) -> str:
+    """Plain-text summary: one line per status with its count, then each non-ok file."""
+    counts = summarize(results)
+    width = max(len(s) for s in STATUSES)
+    lines = [f"{'status':<{width}}  {'files':>6}"]
+    lines += [f"{s:<{width}}  {n:>6}" for s, n in counts.items()]
+    lines.append(f"{'total':<{width}}  {len(results):>6}")
+    problems = [r for r in results if r.status != "ok"]
+    if problems:
+        lines.append("")
+        lines += [f"{r.status:<{width}}  {r.path}: {r.reason}" for r in sorted(problems, key=lambda r: (STATUSES.index(r.status), r.path))]
+    return "\n".join(lines)
+
+
+def write_report(results: Sequence[VideoCheck], path: str | os.PathLike, *, settings: dict | None = None) -> Path:
+    """Write the report as JSON (``.json``) or CSV (any other suffix).
+
+    The JSON holds ``settings``, ``summary`` (count per status) and ``videos`` (one record each).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".json":
+        doc = {"settings": settings or {}, "summary": summarize(results), "videos": [asdict(r) for r in results]}
+        path.write_text(json.dumps(doc, indent=1) + "\n")
+    else:
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(VideoCheck)])
+            w.writeheader()
+            w.writerows(asdict(r) for r in results)
+    return path
+
+
+def _parse_list_line(line: str) -> tuple[str, str | None, str]:
+    """Split a split-list line into (path part, label or None, line ending)."""
+    body = line.rstrip("\r\n")
+    parts = body.strip().rsplit(None, 1)
+    if len(parts) == 2 and parts[1].lstrip("+-").isdigit():
+        return parts[0], parts[1], line[len(body):]
+    return body.strip(), None, line[len(body):]
+
+
+def _split_entry(line: str) -> str:
+    """The path of a split-list line ("Class/v.avi" or "Class/v.avi 3"), normalised."""
+    return posixpath.normpath(_parse_list_line(line)[0].replace("\\", "/"))
+
+
+def rewrite_split_lists(src_dir: Path, dst_dir: Path, *, drop: set[str] = frozenset(),
+                        rename_ext: str | None = None) -> dict[str, int]:
+    """Copy the split lists of ``src_dir`` to ``dst_dir``, dropping and/or renaming entries.
+
+    ``classInd.txt`` is copied as is; in ``trainlistNN.txt``/``testlistNN.txt`` lines whose
+    entry (normalised relative path) is in ``drop`` are removed and, with ``rename_ext`` (e.g.
+    '.mp4'), video entries get that extension. Labels and line endings are kept.
+    ``src_dir`` may equal ``dst_dir`` (rewrite in place).
+
+    Returns:
+        Number of dropped lines per list file name.
+    """
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    dropped: dict[str, int] = {}
+    for src in sorted(p for p in src_dir.iterdir() if p.is_file()):
+        if src.name == CLASS_INDEX_NAME and src_dir != dst_dir:
+            shutil.copy2(src, dst_dir / src.name)
+        if not _SPLIT_LIST.match(src.name):
+            continue
+        out, n = [], 0
+        for line in src.read_text(encoding="utf-8-sig").splitlines(keepends=True):
+            if not line.strip():
+                out.append(line)
+                continue
+            if _split_entry(line) in drop:
+                n += 1
+                continue
+            path_part, label, ending = _parse_list_line(line)
+            stem, ext = posixpath.splitext(path_part)
+            if rename_ext and ext.lower() in VIDEO_EXTENSIONS:
+                line = stem + rename_ext + (f" {label}" if label is not None else "") + ending
+            out.append(line)
+        (dst_dir / src.name).write_text("".join(out), encoding="utf-8", newline="")
+        dropped[src.name] = n
+    return dropped
+
+
+def quarantine(root: str | os.PathLike, results: Iterable[VideoCheck], dest: str | os.PathLike, *,
+               statuses: Sequence[str] = BAD_STATUSES) -> tuple[list[str], dict[str, int]]:
+    """Move files with one of ``statuses`` from ``root`` to ``dest``, keeping relative paths.
+
+    Nothing is deleted: the videos move, and split lists that name them are rewritten without
+    those lines after their original is saved under ``dest`` (same relative folder), so the
+    dataset still loads and every change can be undone by moving files back.
+
+    Args:
+        root: dataset root; ``results`` paths are relative to it.
+        results: check results (relative paths).
+        dest: quarantine folder; must not lie inside ``root`` (it would look like a class folder).
+        statuses: which statuses to move.
+
+    Returns:
+        (moved relative paths, dropped split-list lines per list file).
+
+    Raises:
+        ValueError: ``dest`` is inside ``root``, or a target file already exists there.
+    """
+    root, dest = Path(root).absolute(), Path(dest).absolute()
+    if dest == root or root in dest.parents:
+        raise ValueError(f"quarantine folder {dest} must be outside the dataset root {root}")
+    moving = [r.path for r in results if r.status in statuses]
+    for rel in moving:
+        if (dest / rel).exists():
+            raise ValueError(f"{dest / rel} already exists; empty the quarantine folder or pick another")
+    for rel in moving:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(root / rel), str(dest / rel))
+    dropped: dict[str, int] = {}
+    split_dir = find_split_dir(root)
+    if moving and split_dir is not None:
+        gone = {posixpath.normpath(Path(p).as_posix()) for p in moving}
+        backup = dest / split_dir.relative_to(root)
+        for name, n in _count_entries(split_dir, gone).items():
+            if n:
+                backup.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(split_dir / name, backup / name)
+        dropped = {k: v for k, v in rewrite_split_lists(split_dir, split_dir, drop=gone).items() if v}
+    return moving, dropped
+
+
+def _count_entries(split_dir: Path, entries: set[str]) -> dict[str, int]:
+    counts = {}
+    for f in (p for p in split_dir.iterdir() if _SPLIT_LIST.match(p.name)):
+        lines = f.read_text(encoding="utf-8-sig").splitlines()
+        counts[f.name] = sum(1 for line in lines if line.strip() and _split_entry(line) in entries)
+    return counts
