@@ -175,3 +175,35 @@ def wandb_epoch_extras(val: dict, class_names: list[str]) -> dict:
         ),
         "val/per_class_acc": table,
     }
+
+def feature_datasets(cfg: Config, split: DatasetSplit, model, *, rank: int = 0, world_size: int = 1,
+                     barrier=lambda: None):
+    """``train.cache_features``: the frozen backbone's features of every train and val video.
+
+    Computed once and kept under ``<data.cache_dir>/features`` (keyed by backbone weights, transform,
+    sampling, decoder, precision and file identity). Training videos use the eval sampling and
+    centre crop, so a video's clip, and thus its features, is the same every epoch.
+
+    Returns:
+        (train FeatureDataset, val FeatureDataset, (path, reason) of videos that failed to decode).
+    """
+    from actionrec.engine.feature_cache import FeatureCache, FeatureDataset, extract_features
+    from actionrec.engine.loop import setup_amp
+
+    device = model.input_device
+    autocast, _ = setup_amp(device, cfg.train.amp)
+    root = Path(cfg.data.cache_dir).expanduser() / "features"
+    out, failed = [], []
+    for samples, num_clips, train in ((split.train, 1, True), (split.test, cfg.train.val_clips, False)):
+        ds = eval_dataset(cfg, samples, num_clips=num_clips)
+        cache = FeatureCache(root, backbone_name=cfg.model.backbone, backbone=model.backbone, transforms=ds.transforms,
+                             sampling=ds.sampling, backend=ds.backend, seek=ds.seek,
+                             precision=f"{device.type}:{cfg.train.amp}")
+        kw = dict(batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers, autocast=autocast)
+        bad = extract_features(model, ds, cache, rank=rank, world_size=world_size, **kw)
+        if world_size > 1:  # every rank's share is on disk; retrying what is still missing lists all failures
+            barrier()
+            bad = extract_features(model, ds, cache, **kw)
+        failed += bad
+        out.append(FeatureDataset(ds, cache, train=train))
+    return out[0], out[1], failed

@@ -24,10 +24,15 @@ def index_frame(i: int, size: int = 64) -> np.ndarray:
 
 
 def decode_index(frame: np.ndarray) -> int:
-    """Inverse of ``index_frame``; tolerant of lossy compression."""
-    cells = frame[:64, :64].reshape(4, _CELL, 4, _CELL, 3).mean(axis=(1, 3))  # (4, 4, C)
-    cell = int(cells.sum(-1).argmax())
-    return int(cells.reshape(16, 3)[cell].argmax()) * 16 + cell
+    """Inverse of ``index_frame``, tolerant of lossy compression; -1 if no index shows."""
+    cells = frame[:64, :64].reshape(4, _CELL, 4, _CELL, 3).mean(axis=(1, 3)).reshape(16, 3)
+    cell, channel = divmod(int(cells.argmax()), 3)
+    lit = np.zeros((16, 3), bool)
+    lit[cell, channel] = True
+    # Garbage (grey, smeared or blended frames) must not decode to a valid index.
+    if cells[lit][0] < 180 or cells[~lit].max() > 100:
+        return -1
+    return channel * 16 + cell
 
 
 @pytest.fixture(scope="session")

@@ -75,6 +75,13 @@ def main(args: argparse.Namespace) -> dict:
     if dist.distributed:
         model = D.wrap_ddp(model, sync_bn=cfg.train.sync_bn)
     core = ckpt_io.unwrap(model)  # optimizer and checkpoints see the plain model (no 'module.' keys)
+    if cfg.train.cache_features:  # frozen backbone: its features are computed once, epochs train the head only
+        train_feats, val_feats, bad = build.feature_datasets(cfg, split, core, rank=dist.rank,
+                                                             world_size=dist.world_size, barrier=D.barrier)
+        failures.add(bad)
+        feat_kw = {**loader_kw, "num_workers": 0}  # in-memory tensors: worker processes would only add overhead
+        train_loader = build_loader(train_feats, batch_size=cfg.train.batch_size, train=True, **feat_kw)
+        val_loader = build_loader(val_feats, batch_size=cfg.eval.batch_size, train=False, **feat_kw)
     criterion = build.loss_from(cfg, train_ds.labels, num_classes).to(head_dev)
     optimizer = create_optimizer(core, cfg.optim.name, **build.optimizer_kwargs(cfg))
     steps_per_epoch = len(train_loader) if not cfg.train.max_steps_per_epoch else min(len(train_loader), cfg.train.max_steps_per_epoch)

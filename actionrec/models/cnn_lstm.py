@@ -186,4 +186,8 @@ class CNNLSTM(nn.Module):
             return self.head(feats, lengths)
 
     def forward(self, clips: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, C, H, W) clips, or (B, T, D) backbone features (the frozen-backbone feature
+        cache), -> (B, num_classes) logits."""
+        if clips.dim() == 3:
+            return self.forward_head(clips, lengths)
         return self.forward_head(self.clip_features(clips), lengths)

@@ -1,0 +1,162 @@
+"""Frozen-backbone feature cache: exact reuse, invalidation, and head-only training from the cache."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from actionrec.data.dataset import ClipSampling, VideoClipDataset
+from actionrec.data.loader import build_loader
+from actionrec.data.splits import load_split
+from actionrec.data.synthetic import generate_synthetic_dataset
+from actionrec.data.transforms import eval_transform
+from actionrec.engine.feature_cache import FeatureCache, FeatureDataset, extract_features
+from actionrec.engine.loop import train_one_epoch
+from actionrec.engine.optim import create_optimizer, create_scheduler
+from actionrec.models.factory import create_model
+
+REPO = Path(__file__).resolve().parents[2]
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny ops on a shared 2-core machine: a second OpenMP thread spin-waits on a busy core and
+    # made a 4x4x96 LSTM step 10-100x slower; one thread keeps these tests fast and steady.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fc") / "data"
+    return generate_synthetic_dataset(root, num_groups=2, clips_per_group=1, width=64, height=48, max_frames=16, seed=3)
+
+
+def _model(seed: int = 0, dropout: float = 0.5):
+    torch.manual_seed(seed)
+    return create_model("cnn_lstm", num_classes=8, backbone="test_resnet", hidden_size=16, dropout=dropout,
+                        freeze_backbone=True).eval()
+
+
+def _dataset(root: Path, *, clip_len: int = 4, crop: int = 32, num_clips: int = 1, backend: str = "decord"):
+    split = load_split(root, split=1)
+    samples = list(split.train) + list(split.test)
+    return VideoClipDataset(
+        samples, sampling=ClipSampling(clip_len=clip_len, num_clips=num_clips),
+        transforms=[eval_transform(resize_short=40, crop_size=crop, mean=MEAN, std=STD)], train=False, backend=backend)
+
+
+def _cache(root, model, ds, **over) -> FeatureCache:
+    kw = dict(backbone_name="test_resnet", backbone=model.backbone, transforms=ds.transforms, sampling=ds.sampling,
+              backend=ds.backend, seek=ds.seek, precision="cpu:none")
+    kw.update(over)
+    return FeatureCache(root, **kw)
+
+
+def test_cached_features_equal_fresh_and_are_reused_from_disk(tiny_root, tmp_path, monkeypatch):
+    model, ds = _model(), _dataset(tiny_root, num_clips=2)
+    cache = _cache(tmp_path / "feats", model, ds)
+    assert extract_features(model, ds, cache, batch_size=4) == []
+    entries = sorted(cache.dir.glob("*.pt"))
+    assert len(entries) == len(ds)
+    assert json.loads((cache.dir / "key.json").read_text())["backbone"] == "test_resnet"
+    with torch.no_grad():
+        for i in (0, 5, len(ds) - 1):
+            fresh = model.clip_features(ds[i]["clip"])  # (V, T, D) from a one-video batch
+            assert cache.get(ds.paths[i]).shape == (2, 4, model.feature_dim)
+            torch.testing.assert_close(cache.get(ds.paths[i]), fresh, rtol=1e-5, atol=1e-5)
+
+    # A new cache object with the same inputs reads the entries back and computes nothing.
+    reread = _cache(tmp_path / "feats", model, ds)
+    monkeypatch.setattr(model, "clip_features", lambda *a: pytest.fail("recomputed a cached clip"))
+    assert extract_features(model, ds, reread, batch_size=4) == []
+    for i in range(len(ds)):
+        assert torch.equal(reread.get(ds.paths[i]), cache.get(ds.paths[i]))
+    train_items = FeatureDataset(ds, reread, train=True)
+    assert train_items[3]["clip"].shape == (4, model.feature_dim) and train_items[3]["label"] == ds.labels[3]
+
+
+def test_key_changes_with_backbone_transform_sampling_decoder_and_file(tiny_root, tmp_path):
+    model, ds = _model(), _dataset(tiny_root)
+    base = _cache(None, model, ds)
+    assert _cache(None, _model(), _dataset(tiny_root)).key == base.key  # same inputs, same key
+    other_weights = _model()
+    with torch.no_grad():
+        next(other_weights.backbone.parameters()).view(-1)[0] += 1e-3
+    other_stats = _model()
+    bn = next(m for m in other_stats.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.running_mean += 0.1  # a buffer changes the features too
+    changed = {
+        "weights": _cache(None, other_weights, ds),
+        "bn statistics": _cache(None, other_stats, ds),
+        "backbone name": _cache(None, model, ds, backbone_name="resnet18"),
+        "crop size": _cache(None, model, _dataset(tiny_root, crop=24)),
+        "clip_len": _cache(None, model, _dataset(tiny_root, clip_len=6)),
+        "num_clips": _cache(None, model, _dataset(tiny_root, num_clips=3)),
+        "decoder": _cache(None, model, _dataset(tiny_root, backend="pyav")),
+        "precision": _cache(None, model, ds, precision="cpu:bf16"),
+    }
+    keys = {name: c.key for name, c in changed.items()}
+    assert base.key not in keys.values() and len(set(keys.values())) == len(keys), keys
+
+    # Per video: a replaced file (new size or mtime) misses, the untouched ones still hit.
+    cache = _cache(tmp_path / "feats", model, ds)
+    extract_features(model, ds, cache, batch_size=8)
+    src = Path(ds.paths[0])
+    copy = tmp_path / "video.avi"
+    copy.write_bytes(src.read_bytes())
+    feats = cache.get(src)
+    cache.put(copy, feats)
+    assert torch.equal(_cache(tmp_path / "feats", model, ds).get(copy), feats)
+    st = copy.stat()
+    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    fresh = _cache(tmp_path / "feats", model, ds)
+    assert fresh.get(copy) is None and fresh.get(src) is not None
+
+
+def test_head_only_epochs_from_cache_lower_the_loss(tiny_root, tmp_path):
+    model, ds = _model(dropout=0.0), _dataset(tiny_root)
+    cache = _cache(None, model, ds)
+    extract_features(model, ds, cache, batch_size=8)
+    loader = build_loader(FeatureDataset(ds, cache, train=True), batch_size=4, train=True, num_workers=0)
+    optimizer = create_optimizer(model, "adamw", lr=1e-2, weight_decay=0.0)
+    scheduler = create_scheduler(optimizer, warmup_steps=0, total_steps=100, min_ratio=1.0)
+    backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    losses = []
+    for epoch in range(24):  # a random frozen test_resnet gives low-contrast features: the head needs a few epochs
+        loader.sampler.set_epoch(epoch)
+        out = train_one_epoch(model, loader, torch.nn.CrossEntropyLoss(), optimizer, scheduler, epoch=epoch,
+                              autocast=contextlib.nullcontext, scaler=torch.amp.GradScaler("cpu", enabled=False),
+                              show_progress=False)
+        losses.append(out["loss"])
+    assert min(losses[-4:]) < 0.75 * losses[0], losses
+    for k, v in model.backbone.state_dict().items():  # frozen: weights and batch-norm statistics untouched
+        assert torch.equal(v, backbone_before[k]), k
+
+
+def test_train_tool_with_cache_features(tiny_root, tmp_path):
+    spec = importlib.util.spec_from_file_location("train_tool", REPO / "tools" / "train.py")
+    train_tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_tool)
+    overrides = [
+        f"data.root={tiny_root}", f"data.cache_dir={tmp_path / 'cache'}", "data.clip_len=4", "data.resize_short=40",
+        "data.crop_size=32", "data.num_workers=0", "model.backbone=test_resnet", "model.hidden_size=16",
+        "model.freeze_backbone=true", "train.cache_features=true", "train.batch_size=4", "train.epochs=2",
+        "train.device=cpu", "logging.wandb.mode=disabled", f"train.output_dir={tmp_path / 'runs'}", "train.name=cached",
+    ]
+    result = train_tool.main(train_tool.parse_args(["--config", str(REPO / "configs" / "quickstart.yaml"), *overrides]))
+    feats = sorted((tmp_path / "cache" / "features").glob("*/*.pt"))
+    split = load_split(tiny_root, split=1)
+    assert len(feats) == len(split.train) + len(split.test)  # one entry per train and per val video
+    assert 0 <= result["last_val"]["top1"] <= 1
+    ckpt = torch.load(Path(result["run_dir"]) / "last.pt", map_location="cpu", weights_only=False)
+    assert any(k.startswith("backbone.") for k in ckpt["model"]) and "model.head" not in str(list(ckpt["model"]))  # the plain CNNLSTM is saved, loadable without the cache
