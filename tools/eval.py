@@ -41,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> dict:
     ckpt = load_checkpoint(args.checkpoint)
     cfg = config_from_checkpoint(ckpt["config"], args.overrides)
-    dist = D.init_distributed(cfg.train.dist_backend)
+    dist = D.init_distributed(cfg.train.dist_backend, device=cfg.train.device)
     setup_logging(main=dist.is_main)
     device = D.resolve_device(cfg.train.device, dist.local_rank)
     split = build.dataset_split(cfg.data)

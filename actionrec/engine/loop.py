@@ -87,7 +87,7 @@ def train_one_epoch(
 
     Returns:
         dict with loss, acc (train top-1 on the augmented clips), clips_per_s, data_wait_frac,
-        steps, step (global), skipped_nonfinite, failed (list of (path, reason)), lr.
+        steps, step (global), skipped_nonfinite, failed (list of (path, reason), all ranks), lr.
     """
     model.train()
     core = model.module if hasattr(model, "module") else model
@@ -118,10 +118,14 @@ def train_one_epoch(
             with autocast():
                 logits = model(clips)
             loss = criterion(logits.float(), labels)
-            if not torch.isfinite(loss):
+            # Under DDP every rank must take the same branch: a rank that skipped backward would pair
+            # its next gradient all-reduce with another rank's current one.
+            local_bad = not torch.isfinite(loss)
+            if all_reduce_sum([float(local_bad)], out_device)[0] > 0:
                 nonfinite += 1
+                where = "" if local_bad else " on another rank"
                 msg = (
-                    f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch {batches_done}, "
+                    f"non-finite loss{where} ({loss.item()} here) at epoch {epoch + 1}, batch {batches_done}, "
                     f"lr {optimizer.param_groups[0]['lr']:.3g}; videos: {batch['index'].tolist()}"
                 )
                 if nan_policy == "stop":
@@ -172,6 +176,7 @@ def train_one_epoch(
     bar.close()
     elapsed = time.perf_counter() - t_start
     loss_sum, correct, seen = all_reduce_sum([loss_sum, correct, seen], out_device)
+    failed = [f for part in gather_objects(failed) for f in part]  # every rank decides on the same list
     return {
         "loss": loss_sum / max(seen, 1),
         "acc": correct / max(seen, 1),
