@@ -2,8 +2,8 @@
 
     torchrun --standalone --nproc_per_node=2 tests/engine/ddp_worker.py OUT_DIR [CNN_DEVICE LSTM_DEVICE]
 
-Each rank writes ``{ddp,ddp_placed}_rank{r}.pt`` (state dict after training) and
-``eval_rank{r}.pt`` (its shard and the gathered evaluation). The test imports ``train`` and
+Each rank writes ``{ddp,ddp_nan,ddp_placed}_rank{r}.pt`` (state dict after training and the
+number of skipped non-finite steps) and ``eval_rank{r}.pt`` (its shard and the gathered evaluation). The test imports ``train`` and
 ``eval_dataset`` from this file to build the single-process references with the same code.
 
 The backbone is timm's ``test_efficientnet_gn`` (GroupNorm, no BatchNorm): GroupNorm normalises
@@ -33,6 +33,7 @@ NUM_CLASSES = 4
 CLASSES = [f"c{i}" for i in range(NUM_CLASSES)]
 MODEL = dict(backbone="test_efficientnet_gn", hidden_size=8, num_layers=1, dropout=0.0, lstm_dropout=0.0)
 TRAIN_VIDEOS = 16
+NAN_VIDEO = 5  # its clip is all NaN in the 'ddp_nan' run: only the rank holding it sees a NaN loss
 EPOCHS = 2
 
 
@@ -63,24 +64,33 @@ def build_model(placement: tuple[str, str] | None = None, local_rank: int = 0):
     return model
 
 
-def train(*, batch_size: int, rank: int = 0, world_size: int = 1, placement: tuple[str, str] | None = None):
+def train(*, batch_size: int, rank: int = 0, world_size: int = 1, placement: tuple[str, str] | None = None,
+          nan_video: int | None = None):
     """SGD with momentum, warmup + cosine and gradient clipping for EPOCHS epochs; returns the model.
 
     With a process group, the model is wrapped by ``wrap_ddp``; without one, ``rank`` and
     ``world_size`` only choose the data shard (a 'no all-reduce' counterfactual).
+    ``nan_video``: that clip is all NaN and ``nan_policy='skip'``; the model gets a ``skipped``
+    attribute (non-finite steps skipped, summed over epochs).
     """
     model = build_model(placement, local_rank=rank)
     net = D.wrap_ddp(model) if torch.distributed.is_initialized() else model
-    loader = build_loader(TensorClips(TRAIN_VIDEOS), batch_size=batch_size, train=True, num_workers=0, rank=rank,
+    data = TensorClips(TRAIN_VIDEOS)
+    if nan_video is not None:
+        data.clips[nan_video] = float("nan")
+    loader = build_loader(data, batch_size=batch_size, train=True, num_workers=0, rank=rank,
                           world_size=world_size, seed=0)
     optimizer = create_optimizer(model, "sgd", lr=0.05, weight_decay=1e-4, momentum=0.9)
     scheduler = create_scheduler(optimizer, warmup_steps=2, total_steps=EPOCHS * len(loader), min_ratio=0.1)
     autocast, scaler = setup_amp(model.input_device, "none")
     criterion = create_loss("focal", gamma=2.0).to(model.output_device)
+    model.skipped = 0
     for epoch in range(EPOCHS):
         set_epoch(loader, epoch)
-        train_one_epoch(net, loader, criterion, optimizer, scheduler, epoch=epoch, autocast=autocast, scaler=scaler,
-                        clip_grad_norm=1.0, show_progress=False)
+        out = train_one_epoch(net, loader, criterion, optimizer, scheduler, epoch=epoch, autocast=autocast,
+                              scaler=scaler, clip_grad_norm=1.0, show_progress=False,
+                              nan_policy="stop" if nan_video is None else "skip")
+        model.skipped += out["skipped_nonfinite"]
     return net
 
 
@@ -106,13 +116,14 @@ def main(out: Path, cnn: str = "cpu", lstm: str = "cpu") -> None:
     torch.set_num_threads(1)  # two ranks share the CI machine's cores
     torch.backends.cudnn.allow_tf32 = False  # GPU runs are compared with fp32 CPU references
     D.bind_devices(list(D.resolve_placement("cpu", cnn, lstm, info.local_rank)))
-    runs = {"ddp_placed": (cnn, lstm)}
+    runs = {"ddp_placed": dict(placement=(cnn, lstm))}
     if cnn == "cpu":
-        runs = {"ddp": None, **runs}
+        runs = {"ddp": {}, "ddp_nan": dict(nan_video=NAN_VIDEO), **runs}
     net = None
-    for name, placement in runs.items():
-        net = train(batch_size=2, rank=info.rank, world_size=info.world_size, placement=placement)
-        torch.save({k: v.cpu() for k, v in unwrap(net).state_dict().items()}, out / f"{name}_rank{info.rank}.pt")
+    for name, kwargs in runs.items():
+        net = train(batch_size=2, rank=info.rank, world_size=info.world_size, **kwargs)
+        state = {k: v.cpu() for k, v in unwrap(net).state_dict().items()}
+        torch.save({"state": state, "skipped": unwrap(net).skipped}, out / f"{name}_rank{info.rank}.pt")
     torch.save({"backend": info.backend, **run_eval(net, info.rank, info.world_size)}, out / f"eval_rank{info.rank}.pt")
     D.cleanup()
 

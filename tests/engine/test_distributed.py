@@ -60,6 +60,10 @@ def torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return proc
 
 
+def saved(run: Path, name: str, rank: int) -> dict:
+    return torch.load(run / f"{name}_rank{rank}.pt")
+
+
 def assert_same_weights(a: dict, b: dict, *, exact: bool = False) -> None:
     assert a.keys() == b.keys()
     for k in a:
@@ -154,7 +158,7 @@ def single_process() -> dict:
 
 @pytest.mark.slow
 def test_ddp_ranks_identical_and_equal_to_single_process(ddp_run, single_process):
-    r0, r1 = torch.load(ddp_run / "ddp_rank0.pt"), torch.load(ddp_run / "ddp_rank1.pt")
+    r0, r1 = saved(ddp_run, "ddp", 0)["state"], saved(ddp_run, "ddp", 1)["state"]
     assert_same_weights(r0, r1, exact=True)
     assert_same_weights(r0, single_process)
     # Counterfactual: rank 0's shard without the gradient all-reduce ends far outside the tolerance,
@@ -165,10 +169,26 @@ def test_ddp_ranks_identical_and_equal_to_single_process(ddp_run, single_process
 
 @pytest.mark.slow
 def test_ddp_with_placement_matches_ddp_and_single_process(ddp_run, single_process):
-    p0, p1 = torch.load(ddp_run / "ddp_placed_rank0.pt"), torch.load(ddp_run / "ddp_placed_rank1.pt")
+    p0, p1 = saved(ddp_run, "ddp_placed", 0)["state"], saved(ddp_run, "ddp_placed", 1)["state"]
     assert_same_weights(p0, p1, exact=True)
-    assert_same_weights(p0, torch.load(ddp_run / "ddp_rank0.pt"), exact=True)
+    assert_same_weights(p0, saved(ddp_run, "ddp", 0)["state"], exact=True)
     assert_same_weights(p0, single_process)
+
+
+@pytest.mark.slow
+def test_ddp_nonfinite_loss_on_one_rank_is_skipped_by_all(ddp_run):
+    """A NaN clip reaches one rank per epoch; both ranks must skip that step together.
+
+    A rank that skipped alone would pair its next gradient all-reduce with the other rank's
+    current one (then hang at the end of the epoch); here both count the skip and stay equal to
+    one process that skipped the same global batch.
+    """
+    n0, n1 = saved(ddp_run, "ddp_nan", 0), saved(ddp_run, "ddp_nan", 1)
+    assert n0["skipped"] == n1["skipped"] == worker.EPOCHS  # the NaN video is in one batch per epoch
+    assert_same_weights(n0["state"], n1["state"], exact=True)
+    single = worker.train(batch_size=4, nan_video=worker.NAN_VIDEO)
+    assert single.skipped == worker.EPOCHS
+    assert_same_weights(n0["state"], single.state_dict())
 
 
 @pytest.mark.slow
@@ -181,7 +201,7 @@ def test_distributed_eval_counts_each_video_once(ddp_run):
         assert e["indices"].tolist() == list(range(7)) and e["num_videos"] == 7
     torch.testing.assert_close(e0["scores"], e1["scores"], rtol=0, atol=0)
     model = worker.build_model()
-    model.load_state_dict(torch.load(ddp_run / "ddp_placed_rank0.pt"))
+    model.load_state_dict(saved(ddp_run, "ddp_placed", 0)["state"])
     ref = worker.run_eval(model, rank=0, world_size=1)
     torch.testing.assert_close(e0["scores"], ref["scores"])
     assert e0["top1"] == ref["top1"] and e0["loss"] == pytest.approx(ref["loss"], rel=1e-6)
@@ -250,7 +270,7 @@ def test_placement_across_gpus_matches_cpu_training(monkeypatch):
 def test_ddp_with_two_gpus_per_rank_nccl(tmp_path, single_process):
     worker_py = str(Path(__file__).with_name("ddp_worker.py"))
     torchrun(worker_py, str(tmp_path), "cuda:{2*local_rank}", "cuda:{2*local_rank+1}")
-    p0, p1 = torch.load(tmp_path / "ddp_placed_rank0.pt"), torch.load(tmp_path / "ddp_placed_rank1.pt")
+    p0, p1 = saved(tmp_path, "ddp_placed", 0)["state"], saved(tmp_path, "ddp_placed", 1)["state"]
     assert_same_weights(p0, p1, exact=True)
     for k in p0:
         torch.testing.assert_close(p0[k], single_process[k], atol=1e-3, rtol=1e-2, msg=k)
