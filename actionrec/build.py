@@ -8,6 +8,7 @@ config section into explicit keyword arguments for a builder under ``data/``, ``
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from actionrec.config import Config, DataConfig, ModelConfig
@@ -139,15 +140,35 @@ def optimizer_kwargs(cfg: Config) -> dict:
     )
 
 
+WANDB_MODES = {"offline": "offline", "online": "online", "disabled": "disabled", "dryrun": "offline", "run": "online"}
+
+
+def wandb_mode(cfg: Config) -> str:
+    """The W&B mode in force: ``WANDB_MODE`` when set overrides ``logging.wandb.mode``.
+
+    Except that ``disabled`` in the config always wins: an explicit opt-out must not start
+    writing W&B files because some shell or CI exported ``WANDB_MODE=offline``.
+    """
+    if cfg.logging.wandb.mode == "disabled":
+        return "disabled"
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if not env:
+        return cfg.logging.wandb.mode
+    if env not in WANDB_MODES:
+        raise ValueError(f"WANDB_MODE={env!r}: use offline, online or disabled")
+    return WANDB_MODES[env]
+
+
 def wandb_kwargs(cfg: Config, run_dir: Path, *, resume_id: str | None = None) -> dict | None:
     """Arguments for ``wandb.init`` (None when W&B is disabled); a resumed run keeps its id."""
     w = cfg.logging.wandb
-    if w.mode == "disabled":
+    mode = wandb_mode(cfg)
+    if mode == "disabled":
         return None
     from actionrec.config import config_to_dict
 
     kwargs = dict(
-        mode=w.mode,
+        mode=mode,
         project=w.project,
         entity=w.entity or None,
         name=w.name or cfg.train.name or Path(run_dir).name,
@@ -161,20 +182,11 @@ def wandb_kwargs(cfg: Config, run_dir: Path, *, resume_id: str | None = None) ->
     return kwargs
 
 
-def wandb_epoch_extras(val: dict, class_names: list[str]) -> dict:
-    """Confusion-matrix plot and per-class accuracy table for W&B (empty when wandb is unused)."""
-    import wandb
+def wandb_videos_due(cfg: Config, epoch: int) -> bool:
+    """Whether validation clips go to W&B after 0-based ``epoch``: every N epochs and the last one."""
+    every = cfg.logging.wandb.log_videos_every
+    return every > 0 and ((epoch + 1) % every == 0 or epoch + 1 == cfg.train.epochs)
 
-    if wandb.run is None or not len(val.get("labels", [])):
-        return {}
-    preds = val["scores"].argmax(1).tolist()
-    table = wandb.Table(columns=["class", "accuracy"], data=[[c, a] for c, a in val["per_class_acc"].items()])
-    return {
-        "val/confusion_matrix": wandb.plot.confusion_matrix(
-            y_true=val["labels"].tolist(), preds=preds, class_names=list(class_names)
-        ),
-        "val/per_class_acc": table,
-    }
 
 def feature_datasets(cfg: Config, split: DatasetSplit, model, *, rank: int = 0, world_size: int = 1,
                      barrier=lambda: None):

@@ -151,6 +151,7 @@ class WandbConfig:
     group: str = ""
     notes: str = ""
     log_videos_every: int = 5  # epochs between logging a few validation clips as videos (0: never)
+    log_model: bool = True  # log best.pt as a W&B model artifact at the end of training
 
 
 @dataclass(frozen=True)
@@ -428,8 +429,13 @@ def validate(cfg: Config) -> None:
     if t.cache_features:
         _check(m.freeze_backbone, "train.cache_features", True, "needs model.freeze_backbone=true")
 
+    w = cfg.logging.wandb
+    _check(w.log_videos_every >= 0, "logging.wandb.log_videos_every", w.log_videos_every, "must be >= 0 (0: never)")
+    _check(bool(w.project.strip()), "logging.wandb.project", w.project, "must not be empty")
+
     _check(cfg.eval.num_clips >= 1, "eval.num_clips", cfg.eval.num_clips, "must be >= 1")
     _check(cfg.eval.batch_size >= 1, "eval.batch_size", cfg.eval.batch_size, "must be >= 1")
     _check(cfg.demo.stride >= 1, "demo.stride", cfg.demo.stride, "must be >= 1")
     _check(cfg.demo.smooth >= 1, "demo.smooth", cfg.demo.smooth, "must be >= 1")
     _check(cfg.demo.topk >= 1, "demo.topk", cfg.demo.topk, "must be >= 1")
+    _check(cfg.demo.frame_step >= 1, "demo.frame_step", cfg.demo.frame_step, "must be >= 1")

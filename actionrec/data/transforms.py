@@ -8,13 +8,17 @@ to 0, i.e. to the dataset mean colour, as torchvision's RandomErasing does.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
-import albumentations as A
-import cv2
-import numpy as np
-import torch
+# albumentations otherwise queries PyPI for a newer version on import: training must work, silently
+# and quickly, on cluster nodes with no network.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -138,9 +138,10 @@ def train_one_epoch(
                 continue
             scaler.scale(loss / accum_steps).backward()
         if last_micro:
-            if clip_grad_norm > 0:
+            if clip_grad_norm > 0 or (step + 1) % log_every == 0:
                 scaler.unscale_(optimizer)
-                grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm))
+                # With clipping off, max_norm=inf only measures the norm, so it is still logged.
+                grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm or math.inf))
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
