@@ -239,8 +239,10 @@ def test_train_tool_under_torchrun_checkpoint_and_resume(tiny_ucf, tmp_path):
     model.load_state_dict(ckpt["model"])
     torch.testing.assert_close(model.state_dict(), ckpt["model"], rtol=0, atol=0)
 
-    second = torchrun(*common, "train.epochs=2", "--resume", "auto")
+    # Continue under DDP + placement (two CPU 'devices'): the checkpoint does not depend on either.
+    second = torchrun(*common, "train.epochs=2", "model.placement.cnn=cpu", "model.placement.lstm=cpu", "--resume", "auto")
     assert "resumed from" in second.stderr and "epoch 2, batch 0, step 2" in second.stderr
+    assert "world size 2" in second.stderr
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt["epoch"] == 1 and ckpt["step"] == 4
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
