@@ -22,8 +22,9 @@ the skip crosses a key frame index. Closed-GOP IDR MP4 (x264's default) was exac
   decoding a 16-frame sample. Other extensions skip it.
 * Everything else (AVI, MPEG, MKV, WebM, open-GOP MP4) is decoded sequentially
   from the start up to the largest index, converting only the needed frames to
-  RGB. With decord, ``skip_frames`` is only called within a GOP and key frames
-  are stepped over with ``next()``, so decord never seeks. A reader reused with
+  RGB. With decord, ``skip_frames`` is only called within a GOP and only when
+  every frame has its own timestamp (it discards by pts); otherwise frames are
+  stepped over with ``next()``, so decord never seeks. A reader reused with
   ascending indices continues where it stopped instead of restarting.
 * ``len()`` is the backend's container count: decord counts demuxed packets,
   PyAV reads the header (counting packets when there is none), OpenCV may
@@ -105,6 +106,10 @@ class _DecordSource:
     def _open(self) -> None:
         self._vr, self._pos = self._decord.VideoReader(self.path, num_threads=self._threads), 0
         self._keys = self._vr.get_key_indices()  # decode-order counts, as SkipFrames uses
+        # skip_frames discards frames by pts; with missing or repeated pts (common in
+        # AVI) it also hit frames after the skip and decord then seeked (wrong frame).
+        pts = self._vr.get_frame_timestamp(range(len(self._vr)))[:, 0]
+        self._can_skip = bool(np.all(np.diff(pts) > 0))
 
     @staticmethod
     def _np(arr) -> np.ndarray:
@@ -138,11 +143,12 @@ class _DecordSource:
                     # fails if none lies at or before pos: then step with next().
                     k = bisect.bisect_right(self._keys, pos)
                     stop = min(i, self._keys[k] - 1) if k < len(self._keys) else i
-                    if stop > pos and k > 0:
+                    if stop > pos and k > 0 and self._can_skip:
                         self._vr.skip_frames(stop - pos)  # decodes, no RGB conversion
+                        pos = stop
                     else:
                         self._vr.next()
-                    pos = max(stop, pos + 1)
+                        pos += 1
                 out.append(self._np(self._vr.next()))
                 pos += 1
         except StopIteration:
