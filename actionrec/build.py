@@ -219,3 +219,29 @@ def feature_datasets(cfg: Config, split: DatasetSplit, model, *, rank: int = 0, 
         failed += bad
         out.append(FeatureDataset(ds, cache, train=train))
     return out[0], out[1], failed
+
+
+def model_from_checkpoint(path: str | Path, overrides: tuple[str, ...] | list[str] = ()):
+    """Load a checkpoint for inference (demo, export): its config, the model in eval mode, class names.
+
+    Returns:
+        (config, CNNLSTM on the CPU in eval mode with the checkpoint's weights, class names).
+
+    Raises:
+        CheckpointError: missing or unreadable file, or a config/weights this code cannot rebuild.
+    """
+    from actionrec.config import config_from_checkpoint
+    from actionrec.engine.checkpoint import CheckpointError, load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    classes = [str(c) for c in ckpt.get("class_names") or []]
+    if not classes or not isinstance(ckpt.get("config"), dict):
+        raise CheckpointError(f"{path}: incompatible checkpoint: no class names or config stored")
+    try:
+        cfg = config_from_checkpoint(ckpt["config"], overrides)
+        model = model_from(cfg, len(classes))
+        model.load_state_dict(ckpt["model"])
+    except (ValueError, RuntimeError, KeyError) as e:  # ConfigError is a ValueError
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: incompatible checkpoint: {detail}") from None
+    return cfg, model.eval(), classes

@@ -164,6 +164,7 @@ class DemoConfig:
     stride: int = 4  # run the temporal head every N frames
     smooth: int = 5  # average the last K window predictions
     topk: int = 3
+    frame_step: int = 1  # sample every Nth source frame, so a window spans about a training clip's time
 
 
 @dataclass(frozen=True)

@@ -204,6 +204,19 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def latest_checkpoint(root: str | Path = "runs", name: str = "best.pt") -> Path:
+    """The most recently written ``name`` anywhere under ``root`` (the demo's default model).
+
+    Raises:
+        CheckpointError: there is none.
+    """
+    root = Path(root).expanduser()
+    found = [p for p in root.rglob(name) if p.is_file()] if root.is_dir() else []
+    if not found:
+        raise CheckpointError(f"no {name} under {root}/: train a model first (tools/train.py) or pass --checkpoint")
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
 def find_resume(run_dir: str | Path, resume: str) -> Path | None:
     """'' -> None; 'auto' -> run_dir/last.pt if it exists; else the given path (must exist)."""
     if not resume:

@@ -1,0 +1,5 @@
+"""Inference outside training: streaming classification, frame sources, ONNX export.
+
+Modules here other than ``export`` import neither torch nor the training stack at module level,
+so the ONNX demo path runs with numpy, OpenCV and onnxruntime alone.
+"""

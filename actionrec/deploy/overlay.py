@@ -1,0 +1,34 @@
+"""Drawing predictions onto frames (OpenCV only)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def draw_overlay(frame: np.ndarray, topk: Sequence[tuple[str, float]], fps: float, *, note: str = "") -> np.ndarray:
+    """Draw top-k labels with probabilities and the fps on a BGR frame, in place.
+
+    Text scales with the frame height so it stays legible from 120p to 1080p.
+    """
+    h, w = frame.shape[:2]
+    scale = max(0.35, h / 720 * 0.9)
+    thick = max(1, int(round(scale * 2)))
+    line = int(30 * scale) + 4
+    lines = [(f"{name}  {p * 100:5.1f}%", (80, 255, 80) if i == 0 else (255, 255, 255))
+             for i, (name, p) in enumerate(topk)]
+    if not lines:
+        lines = [("warming up...", (200, 200, 200))]
+    lines.append((f"{fps:5.1f} fps" + (f"  {note}" if note else ""), (0, 220, 255)))
+    width = max(cv2.getTextSize(text, _FONT, scale, thick)[0][0] for text, _ in lines) + 12
+    # Darken the box behind the text instead of painting it opaque, so the scene stays visible.
+    y1 = min(h, line * len(lines) + 8)
+    x1 = min(w, width)
+    frame[:y1, :x1] = (frame[:y1, :x1] * 0.45).astype(frame.dtype)
+    for i, (text, color) in enumerate(lines):
+        cv2.putText(frame, text, (6, line * (i + 1)), _FONT, scale, color, thick, cv2.LINE_AA)
+    return frame
