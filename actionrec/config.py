@@ -419,8 +419,10 @@ def validate(cfg: Config) -> None:
 
     _check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
     _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
-    dev = t.device
-    _check(dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"), "train.device", dev, "use auto, cpu, cuda or cuda:N")
+    for key, dev, optional in (("train.device", t.device, False), ("model.placement.cnn", m.placement.cnn, True),
+                               ("model.placement.lstm", m.placement.lstm, True)):
+        ok = (optional and dev == "") or dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:")
+        _check(ok, key, dev, "use auto, cpu, cuda, cuda:N or cuda:{EXPR of local_rank}")
     _check(t.keep_best >= 1, "train.keep_best", t.keep_best, "must be >= 1")
     _check(t.val_every >= 1, "train.val_every", t.val_every, "must be >= 1")
     _check(t.val_clips >= 1, "train.val_clips", t.val_clips, "must be >= 1")
