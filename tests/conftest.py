@@ -76,3 +76,20 @@ def frame_index_video(make_video, frame_index_frames) -> Path:
 def frame_index_of() -> Callable[[np.ndarray], int]:
     """``decode_index`` as a fixture, so tests need not import conftest."""
     return decode_index
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A 32-video synthetic UCF-style dataset (8 classes x 4 groups, 64x48, <= 16 frames)."""
+    from actionrec.data.synthetic import generate_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("tiny") / "ucf"
+    return generate_synthetic_dataset(root, num_groups=4, clips_per_group=1, width=64, height=48, max_frames=16, seed=0)
+
+
+@pytest.fixture(scope="session")
+def train_tool():
+    """tools/train.py as a module (``main``, ``parse_args``)."""
+    from tests.helpers import load_tool
+
+    return load_tool("train")

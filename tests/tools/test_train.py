@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from actionrec.engine.checkpoint import load_checkpoint
-from tests.conftest import REPO, tiny_overrides
+from tests.helpers import REPO, tiny_overrides
 
 
 def test_train_cli_two_steps_writes_run_folder(tiny_dataset, tmp_path):

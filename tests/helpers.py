@@ -1,0 +1,38 @@
+"""Helpers shared by tests: repo paths, loading tools/*.py as modules, tiny training overrides."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_tool(name: str):
+    """Import ``tools/<name>.py`` as a module (the tools are scripts, not a package)."""
+    path = REPO / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"actionrec_tool_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_overrides(root: Path, out_dir: Path) -> list[str]:
+    """Overrides that make tools/train.py run in seconds on the ``tiny_dataset`` fixture."""
+    return [
+        f"data.root={root}",
+        f"train.output_dir={out_dir}",
+        "data.clip_len=4",
+        "data.resize_short=40",
+        "data.crop_size=32",
+        "data.num_workers=0",
+        "model.backbone=test_resnet",
+        "model.hidden_size=16",
+        "train.batch_size=4",
+        "train.epochs=1",
+        "train.device=cpu",
+        "eval.batch_size=4",
+        "logging.wandb.mode=disabled",
+    ]
