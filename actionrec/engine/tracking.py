@@ -71,6 +71,10 @@ class RunLogger:
             import wandb
 
             os.environ.setdefault("WANDB_SILENT", "true")
+            # wandb's own usage telemetry follows the process-wide settings, not wandb.init's mode:
+            # without this, an offline run with WANDB_MODE unset still posted to W&B's servers
+            # (seen with strace, wandb 0.31).
+            wandb.setup(settings=wandb.Settings(mode=wandb_kwargs["mode"]))
             self.wandb_run = wandb.init(dir=str(self.dir), **wandb_kwargs)
             # The run summary shows the best epoch, not the last one.
             for key, summary in (("val_top1", "max"), ("val_top5", "max"), ("val_mean_class_acc", "max"),

@@ -104,37 +104,40 @@ def _netns_prefix() -> list[str]:
     return []
 
 
-# Python-level guard, run inside the training process: every TCP/UDP connect or name lookup is
-# recorded and refused (W&B's own client talks to its wandb-core process over a Unix socket).
-# It sees attempts a network namespace would only make fail, such as a library's update check.
+# Python-level guard inside the training process, as an audit hook (so it also sees calls made
+# through references taken before it was installed): every non-Unix-socket connect and every name
+# lookup is recorded and refused. W&B's client talks to its wandb-core process over a Unix socket.
+# It catches attempts that a network namespace would only make fail, such as an update check.
 _NET_GUARD = """
 import socket
-NET_ATTEMPTS = []
-_real_connect = socket.socket.connect
+NET_ATTEMPTS, NET_GUARD_ON = [], [True]
 
-def _guarded_connect(self, address):
-    if self.family != socket.AF_UNIX:
-        NET_ATTEMPTS.append(repr(address))
+def _net_guard(event, args):
+    if not NET_GUARD_ON[0]:
+        return
+    if event == "socket.getaddrinfo" or (event == "socket.connect" and args[0].family != socket.AF_UNIX):
+        NET_ATTEMPTS.append(f"{event} {args[1] if event == 'socket.connect' else args[0]!r}")
         raise OSError("network blocked by the test")
-    return _real_connect(self, address)
-
-def _guarded_getaddrinfo(host, *args, **kwargs):
-    NET_ATTEMPTS.append(repr(host))
-    raise socket.gaierror("name resolution blocked by the test")
 """
-_NET_GUARD_ON = "socket.socket.connect = _guarded_connect\nsocket.getaddrinfo = _guarded_getaddrinfo\n"
+# Installed in a subprocess; reported at exit, after wandb's own exit hooks (atexit runs LIFO).
+_NET_GUARD_ON = (
+    "import atexit, json, sys\n"
+    "sys.addaudithook(_net_guard)\n"
+    "atexit.register(lambda: print('NET_ATTEMPTS=' + json.dumps(NET_ATTEMPTS), flush=True))\n"
+)
+_in_process_guard: dict = {}
 
 
 @pytest.fixture
-def net_attempts(monkeypatch) -> list:
-    """The guard in this process: returns the list of blocked attempts."""
-    import socket
-
-    guard: dict = {}
-    exec(_NET_GUARD, guard)
-    monkeypatch.setattr(socket.socket, "connect", guard["_guarded_connect"])
-    monkeypatch.setattr(socket, "getaddrinfo", guard["_guarded_getaddrinfo"])
-    return guard["NET_ATTEMPTS"]
+def net_attempts() -> list:
+    """The guard in this process (audit hooks cannot be removed, so it is switched off after)."""
+    if not _in_process_guard:
+        exec(_NET_GUARD, _in_process_guard)
+        sys.addaudithook(_in_process_guard["_net_guard"])
+    _in_process_guard["NET_ATTEMPTS"].clear()
+    _in_process_guard["NET_GUARD_ON"][0] = True
+    yield _in_process_guard["NET_ATTEMPTS"]
+    _in_process_guard["NET_GUARD_ON"][0] = False
 
 
 def _load_train_tool():
@@ -144,12 +147,13 @@ def _load_train_tool():
     return module
 
 
-def _wandb_env(tmp_path: Path, mode: str) -> dict:
-    """Environment with W&B state folders under tmp_path and the mode set explicitly."""
+def _wandb_env(tmp_path: Path, mode: str | None) -> dict:
+    """Environment with W&B state folders under tmp_path and WANDB_MODE as given (None: unset)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     state = tmp_path / "wandb_state"
+    if mode is not None:
+        env["WANDB_MODE"] = mode
     env.update(
-        WANDB_MODE=mode,
         WANDB_SILENT="true",
         WANDB_DATA_DIR=str(state / "data"),
         WANDB_CACHE_DIR=str(state / "cache"),
@@ -164,10 +168,9 @@ def _wandb_env(tmp_path: Path, mode: str) -> dict:
 def _train(args: list[str], env: dict) -> subprocess.CompletedProcess:
     """tools/train.py in a subprocess without network; fails the test on any attempt to use it."""
     script = (
-        _NET_GUARD + _NET_GUARD_ON + "import json, runpy, sys\n"
+        _NET_GUARD + _NET_GUARD_ON + "import runpy\n"
         f"sys.argv = ['train.py', *{args!r}]\n"
         "runpy.run_path('tools/train.py', run_name='__main__')\n"
-        "print('NET_ATTEMPTS=' + json.dumps(NET_ATTEMPTS))\n"
     )
     proc = subprocess.run([*_netns_prefix(), sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=300, cwd=REPO, env=env)
@@ -182,7 +185,9 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_offline_run_records_metrics_config_media_model_and_resumes_same_run(tiny_dataset, tmp_path):
-    env = _wandb_env(tmp_path, "offline")
+    # WANDB_MODE unset: offline comes from the config alone, the path a user without W&B takes.
+    # (wandb 0.31 sent usage telemetry from exactly this path until RunLogger set the global mode.)
+    env = _wandb_env(tmp_path, None)
     common = tiny_overrides(tiny_dataset, tmp_path) + [
         "logging.wandb.mode=offline", "logging.wandb.project=actionrec-test", "logging.wandb.tags=[tiny, ci]",
         "logging.wandb.log_videos_every=1", "train.max_steps_per_epoch=2", "train.log_every=1", "train.name=wb"]
@@ -252,7 +257,7 @@ def test_offline_run_records_metrics_config_media_model_and_resumes_same_run(tin
     assert any(k.startswith("memory") or k.startswith("proc.memory") for k in stats), stats
 
     # --resume auto for a second epoch: a new offline folder with the same run id, continuing the steps.
-    _train(common + ["train.epochs=2", "--resume", "auto"], env)
+    _train(common + ["train.epochs=2", "--resume", "auto"], {**env, "WANDB_MODE": "offline"})
     dirs = sorted((run / "wandb").glob("offline-run-*"))
     assert len(dirs) == 2 and all(d.name.endswith(f"-{run_id}") for d in dirs)
     assert load_checkpoint(run / "last.pt")["extra"]["wandb_id"] == run_id
