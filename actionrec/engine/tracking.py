@@ -75,7 +75,13 @@ class RunLogger:
             # without this, an offline run with WANDB_MODE unset still posted to W&B's servers
             # (seen with strace, wandb 0.31).
             wandb.setup(settings=wandb.Settings(mode=wandb_kwargs["mode"]))
-            self.wandb_run = wandb.init(dir=str(self.dir), **wandb_kwargs)
+            try:
+                self.wandb_run = wandb.init(dir=str(self.dir), **wandb_kwargs)
+            except wandb.errors.UsageError as e:  # typically online mode without an API key
+                raise ValueError(
+                    f"W&B {wandb_kwargs['mode']} mode: {e} Set WANDB_API_KEY or run `wandb login`, or train with "
+                    "logging.wandb.mode=offline and upload later with `wandb sync`."
+                ) from None
             # The run summary shows the best epoch, not the last one.
             for key, summary in (("val_top1", "max"), ("val_top5", "max"), ("val_mean_class_acc", "max"),
                                  ("val_loss", "min")):

@@ -1,8 +1,9 @@
 """Experiment tracking: offline W&B runs read back from their .wandb record log, resume, disabled mode.
 
-No test reaches the network: W&B runs offline, its state folders live in ``tmp_path``, and the
-training subprocesses run in a fresh network namespace with no interfaces up when ``unshare``
-allows it (Linux as root or with user namespaces), which proves the offline path needs none.
+No test reaches the network: W&B runs offline, its state folders live in ``tmp_path``, training
+subprocesses run in a fresh network namespace with no interfaces up when ``unshare`` allows it
+(Linux as root or with user namespaces), and an audit-hook guard inside them fails the test on any
+attempt to connect or resolve a host name, so "offline needs no network" is checked, not assumed.
 """
 
 from __future__ import annotations
@@ -342,3 +343,23 @@ def test_clip_to_uint8_undoes_the_eval_transform_and_gif_keeps_frames():
     for t in range(3):
         gif.seek(t)
         assert np.abs(np.asarray(gif.convert("RGB")).astype(int) - back[t].astype(int)).max() <= 1
+
+
+def test_online_mode_without_api_key_is_a_clear_error(tmp_path):
+    # In a subprocess: wandb's process-wide settings (online here) must not leak into other tests.
+    env = {**_wandb_env(tmp_path, "online"), "NETRC": str(tmp_path / "no-netrc")}  # no stored key either
+    env.pop("WANDB_API_KEY", None)
+    script = _NET_GUARD + _NET_GUARD_ON + (
+        "from actionrec.engine.tracking import RunLogger\n"
+        "try:\n"
+        f"    RunLogger({str(tmp_path / 'run')!r}, wandb_kwargs={{'mode': 'online', 'project': 'actionrec-test'}})\n"
+        "except ValueError as e:\n"
+        "    print('VALUE_ERROR', e)\n"
+    )
+    proc = subprocess.run([*_netns_prefix(), sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, cwd=REPO, env=env, stdin=subprocess.DEVNULL)
+    assert re.search(r"VALUE_ERROR W&B online mode: .*WANDB_API_KEY.*logging.wandb.mode=offline", proc.stdout), (
+        proc.stdout + proc.stderr)[-3000:]
+    # Online mode may reach for the server, which the test points at a closed local port.
+    attempts = json.loads(proc.stdout.split("NET_ATTEMPTS=")[1])
+    assert all("127.0.0.1" in a for a in attempts), attempts
