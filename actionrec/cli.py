@@ -9,6 +9,7 @@ from pathlib import Path
 
 from actionrec.config import ConfigError
 from actionrec.data.dataset import TooManyBadVideos
+from actionrec.data.loader import LoaderStalled
 from actionrec.data.video_io import VideoDecodeError
 from actionrec.engine.checkpoint import CheckpointError
 from actionrec.engine.loop import NonFiniteLossError
@@ -24,6 +25,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     VideoDecodeError,
     NonFiniteLossError,
     TooManyBadVideos,
+    LoaderStalled,
 )
 
 

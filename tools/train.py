@@ -106,7 +106,9 @@ def main(args: argparse.Namespace) -> dict:
     tracker = RunLogger(run_dir, wandb_kwargs=build.wandb_kwargs(cfg, run_dir, resume_id=wandb_id), enabled=dist.is_main)
     if dist.is_main:
         save_config(cfg, run_dir / "config.yaml")
-        tracker.truncate(start_epoch)
+        tracker.truncate(start_epoch, step)
+        for stale in saver.remove_stale_temp_files():
+            log.info("removed %s, left by a run killed while saving", stale.name)
     n_params = sum(p.numel() for p in core.parameters())
     n_train = sum(p.numel() for p in core.parameters() if p.requires_grad)
     log.info("run %s | %d train / %d val videos, %d classes | world size %d | device %s (cnn %s, head %s) | amp %s",
@@ -116,9 +118,11 @@ def main(args: argparse.Namespace) -> dict:
              cfg.train.batch_size * dist.world_size * cfg.optim.accum_steps, cfg.optim.name,
              ", ".join(f"{g['name']}(lr={g['lr']:.2e}, wd={g['weight_decay']})" for g in optimizer.param_groups))
 
-    def save(epoch: int, *, complete: bool, batches_done: int = 0, metrics: dict | None = None) -> dict:
+    def save(epoch: int, *, complete: bool, batches_done: int = 0, metrics: dict | None = None,
+             at_step: int | None = None) -> dict:
         ckpt = ckpt_io.make_checkpoint(
-            model=core, optimizer=optimizer, scheduler=scheduler, scaler=scaler, epoch=epoch, step=step,
+            model=core, optimizer=optimizer, scheduler=scheduler, scaler=scaler, epoch=epoch,
+            step=step if at_step is None else at_step,
             config=config_to_dict(cfg), class_names=classes, metrics=metrics, epoch_complete=complete,
             extra={"batches_done": batches_done, "wandb_id": tracker.wandb_id})
         saver.save_last(ckpt)
@@ -137,8 +141,11 @@ def main(args: argparse.Namespace) -> dict:
             accum_steps=cfg.optim.accum_steps, clip_grad_norm=cfg.optim.clip_grad_norm, nan_policy=cfg.train.nan_policy,
             max_steps=cfg.train.max_steps_per_epoch, skip_batches=skip_batches, log_every=cfg.train.log_every,
             show_progress=dist.is_main and sys.stderr.isatty(), on_log=tracker.log_step, step=step,
-            on_save=lambda done: dist.is_main and save(epoch, complete=False, batches_done=done),
-            save_every_steps=cfg.train.save_every_steps)
+            # No mid-epoch save after the last batch: the epoch-end save follows, and resuming into
+            # an epoch with nothing left to run would log that epoch with empty training metrics.
+            on_save=lambda done, at: dist.is_main and done < steps_per_epoch and save(
+                epoch, complete=False, batches_done=done, at_step=at),
+            save_every_steps=cfg.train.save_every_steps, on_failed=failures.record)
         step, skip_batches = tr["step"], 0
         failures.add(tr["failed"])
         row = {"epoch": epoch + 1, "step": step, "train_loss": tr["loss"], "train_acc": tr["acc"], "lr": tr["lr"],

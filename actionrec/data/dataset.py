@@ -11,6 +11,8 @@ training, substitutes another video of the same split; the training loop counts 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -77,6 +79,7 @@ class VideoClipDataset(Dataset):
         self.seed = seed
         self.max_retries = max_retries
         self.epoch = 0
+        self.decode_table: DecodeTable | None = None  # set by the loader: which file each worker decodes
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -97,10 +100,17 @@ class VideoClipDataset(Dataset):
 
     def load(self, index: int, rng: np.random.Generator) -> torch.Tensor:
         """Decode and transform the clip(s) of one video; raises VideoDecodeError."""
-        with VideoReader(self.paths[index], backend=self.backend, seek=self.seek) as reader:
-            clips = self.clip_indices(len(reader), rng)  # (num_clips, clip_len)
-            # One decode for all clips: the reader sorts and de-duplicates indices.
-            frames = reader.get_frames(clips.reshape(-1))
+        table = self.decode_table
+        if table is not None:
+            table.start(self.paths[index])
+        try:
+            with VideoReader(self.paths[index], backend=self.backend, seek=self.seek) as reader:
+                clips = self.clip_indices(len(reader), rng)  # (num_clips, clip_len)
+                # One decode for all clips: the reader sorts and de-duplicates indices.
+                frames = reader.get_frames(clips.reshape(-1))
+        finally:
+            if table is not None:
+                table.done()
         frames = frames.reshape(clips.shape[0], clips.shape[1], *frames.shape[1:])
         if self.train:
             return self.transforms[0](frames[0], rng)
@@ -116,12 +126,15 @@ class VideoClipDataset(Dataset):
             try:
                 clip = self.load(current, rng)
                 return {"clip": clip, "label": self.labels[current], "index": current, "failed": failed}
-            except VideoDecodeError as e:
-                failed.append((self.paths[current], e.reason))
+            except (VideoDecodeError, FileNotFoundError) as e:  # a file can vanish after the split was read
+                failed.append((self.paths[current], e.reason if isinstance(e, VideoDecodeError) else "file not found"))
                 # Substitute another video of the same split, drawn from the item's own generator.
                 current = int(rng.integers(len(self)))
         if self.train:
-            raise VideoDecodeError(self.paths[index], f"and {len(failed) - 1} substitutes failed to decode: {failed}")
+            raise TooManyBadVideos(
+                f"{len(failed)} videos in a row failed to decode (item {index} and {len(failed) - 1} substitutes); "
+                "the dataset looks broken: run data_prep/check_videos.py on it. Files:\n"
+                + "\n".join(f"  {p}: {r}" for p, r in failed))
         return {"clip": None, "label": self.labels[index], "index": index, "failed": failed}
 
 
@@ -149,6 +162,48 @@ class TooManyBadVideos(RuntimeError):
     """More videos failed to decode than ``max_bad_fraction`` allows."""
 
 
+class DecodeTable:
+    """Which file each DataLoader worker is decoding, in shared memory, for the main process.
+
+    A hung or crashed decoder surfaces in the main process only as "DataLoader timed out" or
+    "worker exited unexpectedly"; this table lets that message name the file. Workers write one
+    row each (their ``worker_id``); writes from the main process (``num_workers=0``) are ignored.
+
+    Args:
+        num_workers: rows of the table.
+        max_path_bytes: longer paths keep their tail (the file name is what matters).
+    """
+
+    def __init__(self, num_workers: int, max_path_bytes: int = 1024):
+        self.paths = torch.zeros(num_workers, max_path_bytes, dtype=torch.uint8).share_memory_()
+        self.since = torch.zeros(num_workers, dtype=torch.float64).share_memory_()
+
+    def start(self, path: str) -> None:
+        info = torch.utils.data.get_worker_info()
+        if info is None or info.id >= len(self.since):
+            return
+        raw = os.fsencode(path)[-self.paths.shape[1]:]
+        row = torch.zeros(self.paths.shape[1], dtype=torch.uint8)
+        row[: len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+        self.paths[info.id] = row
+        self.since[info.id] = time.time()
+
+    def done(self) -> None:
+        info = torch.utils.data.get_worker_info()
+        if info is not None and info.id < len(self.since):
+            self.since[info.id] = 0.0
+
+    def busy(self) -> list[tuple[int, str, float]]:
+        """(worker id, path, seconds so far) for every worker in the middle of a decode."""
+        now, out = time.time(), []
+        for wid in range(len(self.since)):
+            t = float(self.since[wid])
+            if t > 0:
+                raw = bytes(self.paths[wid].numpy()).rstrip(b"\0")
+                out.append((wid, os.fsdecode(raw), now - t))
+        return out
+
+
 class DecodeFailures:
     """Unique videos that failed to decode during a run: logged once each, capped as a fraction.
 
@@ -171,6 +226,11 @@ class DecodeFailures:
                 new += 1
                 log.warning("skipping unreadable video %s: %s", path, reason)
         return new
+
+    def record(self, failed: Sequence[tuple[str, str]]) -> None:
+        """``add`` then ``check``: for failures reported while an epoch runs."""
+        self.add(failed)
+        self.check()
 
     def check(self) -> None:
         """Raise RuntimeError listing the files when the failures exceed the limit."""

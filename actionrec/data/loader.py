@@ -12,7 +12,67 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from actionrec.data.dataset import collate_clips
+from actionrec.data.dataset import DecodeTable, TooManyBadVideos, collate_clips
+
+
+class LoaderStalled(RuntimeError):
+    """A worker hung past the timeout or died; the message names the file it was decoding."""
+
+
+class GuardedDataLoader(DataLoader):
+    """DataLoader whose worker timeouts and crashes name the video being decoded.
+
+    PyTorch reports a hung worker as "DataLoader timed out after N seconds" and a crashed one
+    (a decoder segfault) as "worker exited unexpectedly", with no hint of the file. Datasets with
+    a ``decode_table`` attribute get a shared ``DecodeTable`` that workers fill in, so both become
+    a ``LoaderStalled`` naming the file(s) in flight. Decoding in the main process
+    (``num_workers=0``) has no timeout: a hang there cannot be interrupted from Python.
+    """
+
+    def __init__(self, dataset, *args, **kwargs):
+        super().__init__(dataset, *args, **kwargs)
+        if self.num_workers > 0 and hasattr(dataset, "decode_table"):
+            dataset.decode_table = DecodeTable(self.num_workers)
+
+    def __iter__(self):
+        it = super().__iter__()
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except TooManyBadVideos as e:
+                # Raised in a worker and re-created here with the worker's traceback as its
+                # message; keep the original message only.
+                raise TooManyBadVideos(str(e).rsplit("TooManyBadVideos: ", 1)[-1].rstrip()) from None
+            except RuntimeError as e:
+                text = str(e)
+                if "timed out" not in text and "exited unexpectedly" not in text and "killed by signal" not in text:
+                    raise
+                # Private, but the only way to tell which worker died (stable across torch 1.x-2.x).
+                dead = [i for i, w in enumerate(getattr(it, "_workers", [])) if not w.is_alive()]
+                msg = self._stall_message(text, dead)
+                # Stop the workers now: the exception's traceback keeps the iterator alive, and
+                # its dead worker stays registered with torch's SIGCHLD handler, which would raise
+                # again at the next child process exit anywhere in this process.
+                shutdown = getattr(it, "_shutdown_workers", None)
+                if shutdown is not None:
+                    shutdown()
+                raise LoaderStalled(msg) from None
+            yield batch
+
+    def _stall_message(self, error: str, dead: list[int]) -> str:
+        table = getattr(self.dataset, "decode_table", None)
+        busy = table.busy() if table is not None else []
+        if dead and "timed out" not in error:
+            busy = [b for b in busy if b[0] in dead]
+        what = (f"no batch within data.loader_timeout={self.timeout:g} s" if "timed out" in error
+                else f"a data loader worker died ({error.strip().splitlines()[0]})")
+        if not busy:
+            return f"{what}; no worker was decoding a video at that moment"
+        files = "; ".join(f"worker {w}: {p} (for {s:.0f} s)" for w, p, s in sorted(busy, key=lambda b: -b[2]))
+        return (f"{what}. Decoding in progress: {files}. Check the file with data_prep/check_videos.py "
+                "and move it out of the split lists (its --quarantine option does both)")
 
 
 class ShardSampler(Sampler[int]):
@@ -93,7 +153,7 @@ def build_loader(
         sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=False)
     else:
         sampler = ShardSampler(len(dataset), rank, world_size)
-    return DataLoader(
+    return GuardedDataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
@@ -102,6 +162,9 @@ def build_loader(
         pin_memory=pin_memory,
         drop_last=drop_last,
         worker_init_fn=_seed_worker,
+        # Each new iterator draws a worker base seed; from its own generator rather than the global
+        # RNG, so a mid-epoch resume (global RNG restored from the checkpoint) sees the same dropout.
+        generator=torch.Generator().manual_seed(seed),
         timeout=timeout if num_workers > 0 else 0,
         prefetch_factor=2 if num_workers > 0 else None,
         multiprocessing_context="forkserver" if num_workers > 0 and torch.cuda.is_initialized() else None,

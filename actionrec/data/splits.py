@@ -25,7 +25,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".mpg", ".mpeg")
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".m4v", ".flv", ".wmv", ".3gp", ".ogv")
 SPLIT_DIR_NAMES = ("ucfTrainTestlist", "splits")
 CLASS_INDEX_NAME = "classInd.txt"
 
@@ -145,8 +145,9 @@ def read_split_file(
         Samples in file order, with absolute paths.
 
     Raises:
-        ValueError: Malformed line, unknown class, label mismatch, or a path that
-            is absolute or escapes ``root``; the message names file and line.
+        ValueError: Malformed line, unknown class, label mismatch, a file name without a
+            video extension, or a path that is absolute or escapes ``root``; the message
+            names file and line.
         FileNotFoundError: A listed video does not exist (file and line named).
     """
     path = Path(path)
@@ -168,6 +169,8 @@ def read_split_file(
         rel = _safe_relative(entry, where)
         if "/" not in rel:
             raise ValueError(f"{where}: expected '<class folder>/<video file>', got {entry!r}")
+        if posixpath.splitext(rel)[1].lower() not in VIDEO_EXTENSIONS:
+            raise ValueError(f"{where}: {entry!r} is not a video file (expected {', '.join(VIDEO_EXTENSIONS)})")
         class_name = rel.split("/", 1)[0]
         if class_name not in class_to_label:
             raise ValueError(f"{where}: class {class_name!r} is not in the class index")

@@ -160,6 +160,17 @@ class CheckpointSaver:
         self.index_path = self.dir / "best.json"
         self.best: list[dict] = json.loads(self.index_path.read_text()) if self.index_path.is_file() else []
 
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Delete temp files of ``atomic_save`` calls that a killed run never finished.
+
+        Call on the saving rank before training starts (nothing is being written then). They are
+        full-size partial checkpoints, never loaded (the rename did not happen), so only disk is lost.
+        """
+        stale = [p for p in self.dir.glob(".*.pt.*.tmp") if p.is_file()] if self.dir.is_dir() else []
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return stale
+
     @property
     def last_path(self) -> Path:
         return self.dir / "last.pt"

@@ -63,8 +63,9 @@ def train_one_epoch(
     log_every: int = 10,
     show_progress: bool = True,
     on_log: Callable[[dict], None] | None = None,
-    on_save: Callable[[int], None] | None = None,
+    on_save: Callable[[int, int], None] | None = None,
     save_every_steps: int = 0,
+    on_failed: Callable[[list], None] | None = None,
     step: int = 0,
 ) -> dict:
     """Train for one epoch.
@@ -82,7 +83,9 @@ def train_one_epoch(
         max_steps: cap on batches this epoch (0: all).
         skip_batches: batches already done before a mid-epoch resume (the sampler skipped them).
         on_log: called every ``log_every`` optimizer steps with step metrics (main rank logging).
-        on_save: called with the number of batches done every ``save_every_steps`` optimizer steps.
+        on_save: called with (batches done, global step) every ``save_every_steps`` optimizer steps.
+        on_failed: called with a batch's (path, reason) decode failures as they happen, so they
+            are logged at once and the bad-video limit can stop the run mid-epoch.
         step: global optimizer step at the start of the epoch.
 
     Returns:
@@ -110,6 +113,8 @@ def train_one_epoch(
             break
         data_wait += time.perf_counter() - t_last
         failed.extend(batch["failed"])
+        if batch["failed"] and on_failed is not None:
+            on_failed(batch["failed"])
         clips, labels = batch["clip"], batch["label"].to(out_device, non_blocking=True)
         micro = batches_done % accum_steps
         last_micro = micro == accum_steps - 1 or batches_done + 1 == total
@@ -172,7 +177,7 @@ def train_one_epoch(
                     }
                 )
         if last_micro and on_save is not None and save_every_steps and step % save_every_steps == 0:
-            on_save(batches_done)
+            on_save(batches_done, step)
         t_last = time.perf_counter()
     bar.close()
     elapsed = time.perf_counter() - t_start
