@@ -134,14 +134,16 @@ def main(args: argparse.Namespace) -> dict:
             cv2.destroyAllWindows()
     if frames == 0:
         raise VideoSourceError(f"{source.name}: no frames could be read")
+    elapsed = time.monotonic() - t0
     result = {"source": source.name, "model": info["model"], "live": source.live, "fps": source.fps,
+              "processing_fps": round(frames / elapsed, 2) if elapsed > 0 else None,
               "clip_len": info["clip_len"], **demo, "class_names": info["class_names"], "frames": frames,
               "frames_encoded": backend.frames_encoded, "dropped": source.dropped, "predictions": timeline}
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))
     final = ", ".join(f"{n} {p:.2f}" for n, p in last.topk) if last else "no prediction (too few frames)"
-    print(f"{frames} frames, {backend.frames_encoded} through the CNN, {len(timeline)} predictions; "
+    print(f"{frames} frames ({result['processing_fps']} fps), {backend.frames_encoded} through the CNN, {len(timeline)} predictions; "
           f"last: {final}", file=sys.stderr)
     return result
 

@@ -154,14 +154,19 @@ def quantize_head(model: CNNLSTM) -> CNNLSTM:
 
 
 def quantize_onnx_head(src: str | Path, dst: str | Path) -> Path:
-    """onnxruntime dynamic int8 quantisation of an exported head (LSTM, MatMul/Gemm weights)."""
+    """onnxruntime dynamic int8 quantisation of an exported head (LSTM, MatMul/Gemm weights).
+
+    7-bit weight range (``reduce_range``): on x86 CPUs without VNNI the u8 x s8 multiply-add sums
+    pairs into int16 and can saturate with full-range weights. Measured on the quickstart model
+    (AVX2, 96 validation videos): full range changed 2 predictions (-2.1 points), 7-bit none.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # The quantiser logs advice for static (calibrated) quantisation to the root logger; it does
     # not apply to weight-only dynamic quantisation of a small head.
     logging.disable(logging.WARNING)
     try:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, reduce_range=True)
     finally:
         logging.disable(logging.NOTSET)
     return Path(dst)
