@@ -308,7 +308,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict:
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
-            raise ConfigError(f"override '{item}': cannot parse value: {e}") from None
+            raise ConfigError(f"override '{item}': cannot parse value: {_yaml_error_line(e)}") from None
         _set_dotted(tree, key, value)
     return tree
 
@@ -322,6 +322,13 @@ def merge_dicts(base: dict, update: dict) -> dict:
         else:
             out[k] = v
     return out
+
+
+def _yaml_error_line(e: yaml.YAMLError) -> str:
+    """One line: 'line L, column C: problem' (PyYAML's own message spans several lines)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
@@ -346,7 +353,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+            raise ConfigError(f"{path}: invalid YAML: {_yaml_error_line(e)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
     data = merge_dicts(data, parse_overrides(overrides))
