@@ -55,10 +55,8 @@ class GuardedDataLoader(DataLoader):
                 # Stop the workers now: the exception's traceback keeps the iterator alive, and
                 # its dead worker stays registered with torch's SIGCHLD handler, which would raise
                 # again at the next child process exit anywhere in this process.
-                # Terminate first: a hung worker would hold the shutdown for its 5 s join timeout.
-                for w in getattr(it, "_workers", []):
-                    if w.is_alive():
-                        w.terminate()
+                # (A hung worker costs the shutdown its 5 s join timeout; terminating it here
+                # first would race torch's SIGCHLD handler, which raises for registered workers.)
                 shutdown = getattr(it, "_shutdown_workers", None)
                 if shutdown is not None:
                     shutdown()
