@@ -107,7 +107,9 @@ class CNNLSTM(nn.Module):
         super().__init__()
         backbone.reset_classifier(0)
         self.backbone = backbone
-        self.feature_dim = backbone.num_features
+        # timm's pooled output after reset_classifier(0): head_hidden_size where a pre-logits layer
+        # follows the pooling (MobileNetV3: 576 -> 1024), num_features otherwise.
+        self.feature_dim = getattr(backbone, "head_hidden_size", None) or backbone.num_features
         head_kwargs = dict(head_kwargs or {})
         if temporal == "lstm":
             self.head = LSTMHead(self.feature_dim, num_classes, **head_kwargs)

@@ -138,3 +138,14 @@ def test_model_parallel_placement_same_outputs_and_grads():
     for (n, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
         torch.testing.assert_close(pa.grad, pb.grad, msg=n)
     assert isinstance(b, CNNLSTM) and b.output_device == torch.device("cpu")
+
+
+def test_feature_dim_follows_pre_logits_width_and_forward_takes_features():
+    # MobileNetV3 adds a 576 -> 1024 pre-logits layer after pooling; num_features alone is 576.
+    torch.manual_seed(0)
+    m = create_model("cnn_lstm", num_classes=3, backbone="mobilenetv3_small_100", hidden_size=8).eval()
+    x = torch.randn(1, 2, 3, 32, 32)
+    feats = m.clip_features(x)
+    assert m.feature_dim == feats.shape[-1] == 1024
+    # (B, T, D) features (the frozen-backbone feature cache) run the head only, with the same result.
+    torch.testing.assert_close(m(feats), m(x))
