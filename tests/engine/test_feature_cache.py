@@ -159,4 +159,6 @@ def test_train_tool_with_cache_features(tiny_root, tmp_path):
     assert len(feats) == len(split.train) + len(split.test)  # one entry per train and per val video
     assert 0 <= result["last_val"]["top1"] <= 1
     ckpt = torch.load(Path(result["run_dir"]) / "last.pt", map_location="cpu", weights_only=False)
-    assert any(k.startswith("backbone.") for k in ckpt["model"]) and "model.head" not in str(list(ckpt["model"]))  # the plain CNNLSTM is saved, loadable without the cache
+    # The plain CNNLSTM is saved (backbone included), so the checkpoint works without the cache.
+    fresh = create_model("cnn_lstm", num_classes=8, backbone="test_resnet", hidden_size=16)
+    fresh.load_state_dict(ckpt["model"])

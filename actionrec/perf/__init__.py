@@ -1,0 +1,1 @@
+"""Benchmark harness and workloads behind ``tools/benchmark.py`` (timing, memory, benches)."""

@@ -1,0 +1,404 @@
+"""The measured workloads of ``tools/benchmark.py``: decode, loader, train step, streaming demo.
+
+Each ``bench_*`` function takes plain arguments, builds its variants, times them side by side with
+``timing.interleaved`` and returns ``timing.Row`` objects. Models have random weights: speed does
+not depend on the values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import deque
+from pathlib import Path
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from actionrec.data.dataset import ClipSampling, VideoClipDataset
+from actionrec.data.loader import build_loader
+from actionrec.data.sampling import train_clip_indices
+from actionrec.data.synthetic import SYNTHETIC_CLASSES, render_synthetic_video
+from actionrec.data.transforms import FrameOcclusion, eval_transform, train_transform
+from actionrec.data.video_io import VideoReader
+from actionrec.models.factory import create_model
+from actionrec.perf.timing import Row, interleaved
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+# ------------------------------------------------------------------------------------------------
+# test videos
+
+
+def make_videos(out_dir: str | Path, *, count: int, width: int, height: int, num_frames: int,
+                h264: bool = True) -> dict[str, list[Path]]:
+    """UCF-like test videos: XVID .avi (as UCF101 ships) and, re-encoded from them, H.264 .mp4.
+
+    The .mp4 files come from ``data.transcode.transcode_video`` (key frame every 16 frames, closed
+    GOPs), the format ``data_prep/transcode.py`` recommends; frame size is kept.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    videos: dict[str, list[Path]] = {"xvid.avi": []}
+    for i in range(count):
+        path = out / f"v{i:02d}.avi"
+        if not path.exists():
+            frames = render_synthetic_video(SYNTHETIC_CLASSES[i % len(SYNTHETIC_CLASSES)], 1 + i // 8, 1, num_frames,
+                                            width=width, height=height, seed=7)
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"XVID"), 25.0, (width, height))
+            for frame in frames:
+                writer.write(frame)
+            writer.release()
+        videos["xvid.avi"].append(path)
+    if h264:
+        from actionrec.data.transcode import pick_codec, transcode_video
+
+        if pick_codec() == "libx264":
+            videos["h264.mp4"] = []
+            for src in videos["xvid.avi"]:
+                dst = src.with_suffix(".mp4")
+                if not dst.exists():
+                    transcode_video(src, dst, short_side=0, gop=16)
+                videos["h264.mp4"].append(dst)
+    return videos
+
+
+def read_all_opencv(path: str | Path) -> np.ndarray:
+    """The naive approach: decode and convert every frame with OpenCV, (N, H, W, 3) RGB."""
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    cap.release()
+    return np.stack(frames)
+
+
+# ------------------------------------------------------------------------------------------------
+# decode
+
+
+def bench_decode(videos: dict[str, list[Path]], *, clip_len: int, repeats: int,
+                 modes: Sequence[str] = ("segment", "dense")) -> list[Row]:
+    """Clips/s for one training clip per video, per container/codec and sampling mode.
+
+    'segment' is the training default (TSN: one frame from each of ``clip_len`` segments, so the
+    clip spans the whole video); 'dense' is ``clip_len`` consecutive frames at a random start.
+    """
+    rows = []
+    for fmt, paths in videos.items():
+        for mode in modes:
+            def pick(n: int, rng: np.random.Generator) -> np.ndarray:
+                return train_clip_indices(n, clip_len, mode=mode, rng=rng)
+
+            def naive(rng=np.random.default_rng(0)) -> int:
+                for p in paths:
+                    frames = read_all_opencv(p)
+                    np.ascontiguousarray(frames[pick(len(frames), rng)])
+                return len(paths)
+
+            def reader(backend: str) -> Callable[[], int]:
+                rng = np.random.default_rng(0)
+
+                def run() -> int:
+                    for p in paths:
+                        with VideoReader(p, backend=backend) as r:
+                            r.get_frames(pick(len(r), rng))
+                    return len(paths)
+                return run
+
+            base = "naive OpenCV: decode all, pick"
+            timed = interleaved({base: naive, "VideoReader decord": reader("decord"), "VideoReader pyav": reader("pyav")},
+                                repeats=repeats)
+            how = "random access (closed-GOP MP4)" if fmt.endswith(".mp4") else "sequential decode to the last index"
+            rows += timed.rows(f"decode {fmt} {mode}", "clips/s", baseline=base, notes={"VideoReader decord": how})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# loader
+
+
+class NaiveOpenCVDataset(VideoClipDataset):
+    """The baseline loader: every frame decoded with OpenCV, then the clip's frames picked."""
+
+    def load(self, index: int, rng: np.random.Generator) -> torch.Tensor:
+        frames = read_all_opencv(self.paths[index])
+        clip = self.clip_indices(len(frames), rng)[0]
+        return self.transforms[0](frames[clip], rng)
+
+
+def pipeline_dataset(paths: Sequence[Path], *, naive: bool, clip_len: int, resize_short: int, crop_size: int,
+                     occlusion: FrameOcclusion) -> VideoClipDataset:
+    samples = [type("S", (), {"path": p, "label": i % 8})() for i, p in enumerate(paths)]
+    tf = train_transform(resize_short=resize_short, crop_size=crop_size, mean=MEAN, std=STD, hflip=True,
+                         color_jitter=0.4, occlusion=occlusion)
+    cls = NaiveOpenCVDataset if naive else VideoClipDataset
+    return cls(samples, sampling=ClipSampling(clip_len=clip_len), transforms=[tf], train=True)
+
+
+def bench_loader(paths: Sequence[Path], *, clip_len: int, resize_short: int, crop_size: int, batch_size: int,
+                 workers: Sequence[int], repeats: int) -> list[Row]:
+    """Clips/s of the whole train pipeline (decode, albumentations, occlusion, collate) per pass."""
+    occlusion = FrameOcclusion(prob=0.3, patch_prob=0.3)
+    kw = dict(clip_len=clip_len, resize_short=resize_short, crop_size=crop_size, occlusion=occlusion)
+    epoch = [0]
+
+    def run(ds: VideoClipDataset, num_workers: int) -> Callable[[], int]:
+        def one_pass() -> int:
+            # Workers are re-created every epoch in training too, so their start-up is counted.
+            loader = build_loader(ds, batch_size=batch_size, train=True, num_workers=num_workers, seed=0, drop_last=False)
+            epoch[0] += 1
+            loader.sampler.set_epoch(epoch[0])
+            ds.set_epoch(epoch[0])
+            return sum(batch["clip"].shape[0] for batch in loader)
+        return one_pass
+
+    naive, ours = pipeline_dataset(paths, naive=True, **kw), pipeline_dataset(paths, naive=False, **kw)
+    base = "naive OpenCV, 0 workers"
+    variants = {base: run(naive, 0)}
+    variants.update({f"pipeline, {w} worker{'s' if w != 1 else ''}": run(ours, w) for w in workers})
+    if max(workers) > 0:
+        variants[f"naive OpenCV, {max(workers)} workers"] = run(naive, max(workers))
+    return interleaved(variants, repeats=repeats, warmup=0).rows("loader", "clips/s", baseline=base)
+
+
+class WaitTimer:
+    """Wraps a DataLoader and records how long each ``next()`` blocks (the trainer's data wait)."""
+
+    def __init__(self, loader):
+        self.loader, self.waits = loader, []
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        it = iter(self.loader)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.waits.append(time.perf_counter() - t0)
+            yield batch
+
+
+# ------------------------------------------------------------------------------------------------
+# train step
+
+
+def with_threads(fn: Callable[[], int], threads: int) -> Callable[[], int]:
+    """``fn`` run with ``threads`` torch intra-op threads (restored afterwards)."""
+    def run() -> int:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(before)
+    return run
+
+
+def per_frame_forward(model: nn.Module, clips: torch.Tensor) -> torch.Tensor:
+    """The common blog implementation: a Python loop over time, one backbone call per frame."""
+    feats = torch.stack([model.frame_features(clips[:, t]) for t in range(clips.shape[1])], 1)  # (B, T, D)
+    return model.forward_head(feats)
+
+
+def _train_variant(make_model: Callable[[], nn.Module], clips: torch.Tensor, labels: torch.Tensor, *,
+                   per_frame: bool = False, autocast: Callable = contextlib.nullcontext,
+                   compile_model: bool = False) -> Callable[[], int]:
+    model = make_model().train()
+    fwd = torch.compile(model) if compile_model else model
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step() -> int:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            logits = per_frame_forward(model, clips) if per_frame else fwd(clips)
+        F.cross_entropy(logits.float(), labels).backward()
+        optimizer.step()
+        return clips.shape[0]
+    return step
+
+
+def train_step_flops(make_model: Callable[[], nn.Module], clips: torch.Tensor, labels: torch.Tensor) -> float:
+    """FLOPs of one forward + backward (torch's flop counter: convolutions and matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = make_model().train()
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(clips), labels).backward()
+    return float(counter.get_total_flops())
+
+
+def bench_train_step(*, backbone: str, batch: int, clip_len: int, size: int, num_classes: int, repeats: int,
+                     default_autocast: Callable, default_name: str, options: Sequence[str] = ("channels_last",),
+                     per_frame_baseline: bool = True) -> tuple[list[Row], float]:
+    """Clips/s of forward + backward + AdamW step: per-frame loop vs the default and options.
+
+    Args:
+        default_autocast: the trainer's autocast (``setup_amp(device, "auto")``).
+        default_name: label of the default variant (says which precision 'auto' resolved to).
+        options: any of 'channels_last', 'bf16', 'compile', 'threadsN' (the default with N threads).
+        per_frame_baseline: include the per-frame loop as the baseline; otherwise the default is.
+
+    Returns:
+        (rows, FLOPs of one step).
+    """
+    torch.manual_seed(0)
+    clips = torch.randn(batch, clip_len, 3, size, size)
+    labels = torch.randint(0, num_classes, (batch,))
+    state = create_model("cnn_lstm", num_classes=num_classes, backbone=backbone).state_dict()
+
+    def make(channels_last: bool = False) -> Callable[[], nn.Module]:
+        def build() -> nn.Module:
+            m = create_model("cnn_lstm", num_classes=num_classes, backbone=backbone, channels_last=channels_last)
+            m.load_state_dict(state)
+            return m
+        return build
+
+    variants = {}
+    if per_frame_baseline:
+        variants["per-frame loop, fp32"] = _train_variant(make(), clips, labels, per_frame=True)
+    variants[default_name] = _train_variant(make(), clips, labels, autocast=default_autocast)
+    if "channels_last" in options:
+        variants["fold + channels_last"] = _train_variant(make(True), clips, labels, autocast=default_autocast)
+    if "bf16" in options:
+        variants["fold + bf16 autocast"] = _train_variant(
+            make(), clips, labels, autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    for opt in options:
+        if opt.startswith("threads") and opt[7:].isdigit():
+            variants[f"{default_name}, {opt[7:]} threads"] = with_threads(
+                _train_variant(make(), clips, labels, autocast=default_autocast), int(opt[7:]))
+    if "compile" in options:
+        variants["fold + torch.compile"] = _train_variant(make(), clips, labels, autocast=default_autocast,
+                                                          compile_model=True)
+    rows = interleaved(variants, repeats=repeats).rows("train-step", "clips/s", baseline=next(iter(variants)))
+    return rows, train_step_flops(make(), clips, labels)
+
+
+def profile_train_step(*, backbone: str, batch: int, clip_len: int, size: int, num_classes: int,
+                       autocast: Callable = contextlib.nullcontext) -> str:
+    """torch.profiler table of one default train step (after one warm-up step)."""
+    torch.manual_seed(0)
+    make = lambda: create_model("cnn_lstm", num_classes=num_classes, backbone=backbone)  # noqa: E731
+    step = _train_variant(make, torch.randn(batch, clip_len, 3, size, size),
+                          torch.randint(0, num_classes, (batch,)), autocast=autocast)
+    step()
+    return torch_profile(step)
+
+
+def bench_feature_cache(*, backbone: str, batch: int, clip_len: int, size: int, num_classes: int,
+                        repeats: int) -> list[Row]:
+    """What ``train.cache_features`` saves: a head-only step on cached (B, T, D) features vs full steps.
+
+    The one-time cost is one no-grad backbone pass per clip ('extract features'); afterwards an
+    epoch costs head-only steps (and no video decoding, which is not counted here).
+    """
+    torch.manual_seed(0)
+    clips = torch.randn(batch, clip_len, 3, size, size)
+    labels = torch.randint(0, num_classes, (batch,))
+    make = lambda frozen: create_model("cnn_lstm", num_classes=num_classes, backbone=backbone,  # noqa: E731
+                                       freeze_backbone=frozen)
+    frozen = make(True).eval()
+    with torch.no_grad():
+        feats = frozen.clip_features(clips)  # (B, T, D)
+
+    def extract() -> int:
+        with torch.no_grad():
+            frozen.clip_features(clips)
+        return batch
+
+    base = "full step, trainable backbone"
+    variants = {base: _train_variant(lambda: make(False), clips, labels),
+                "full step, frozen backbone": _train_variant(lambda: make(True), clips, labels),
+                "head-only step on cached features": _train_variant(lambda: make(True), feats, labels),
+                "extract features (once per clip)": extract}
+    return interleaved(variants, repeats=repeats).rows("feature-cache", "clips/s", baseline=base)
+
+
+# ------------------------------------------------------------------------------------------------
+# streaming demo
+
+
+def demo_variants(video: str | Path, *, backbone: str, size: int, clip_len: int, stride: int, frames: int,
+                  rerun_frames: int | None = None, threads: int = 0) -> dict[str, Callable[[], int]]:
+    """The two demo paths over the first frames of ``video``; the first entry is the baseline.
+
+    Both run end to end: decode (OpenCV), per-frame eval transform, model, overlay. 'streaming' is
+    the demo's own path (``deploy.streaming.StreamingClassifier`` + ``TorchBackend``): each frame
+    through the CNN once, the head every ``stride`` frames. 're-run window' runs the whole model over
+    the last ``clip_len`` frames every ``stride`` frames (frames are transformed once and buffered).
+    ``threads`` > 0 adds the streaming path run with that many torch threads.
+    """
+    from actionrec.deploy.backends import TorchBackend
+    from actionrec.deploy.overlay import draw_overlay
+    from actionrec.deploy.streaming import StreamingClassifier, softmax
+
+    torch.manual_seed(0)
+    model = create_model("cnn_lstm", num_classes=101, backbone=backbone).eval()
+    names = [f"class{i}" for i in range(101)]
+    tf = eval_transform(resize_short=round(size * 256 / 224), crop_size=size, mean=MEAN, std=STD)
+
+    def frames_of(limit: int):
+        cap = cv2.VideoCapture(str(video))
+        try:
+            for _ in range(limit):
+                ok, bgr = cap.read()
+                if not ok:
+                    return
+                yield bgr
+        finally:
+            cap.release()
+
+    def streaming() -> int:
+        clf = StreamingClassifier(TorchBackend(model, tf.frame), names, clip_len=clip_len, stride=stride)
+        last, n = None, 0
+        for i, bgr in enumerate(frames_of(frames)):
+            last = clf.push(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), i) or last
+            draw_overlay(bgr, last.topk if last else [], 0.0)
+            n += 1
+        return n
+
+    def rerun_window() -> int:
+        buf: deque = deque(maxlen=clip_len)
+        top, n = [], 0
+        for i, bgr in enumerate(frames_of(rerun_frames or frames)):
+            buf.append(tf.frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+            if (i + 1) % stride == 0:
+                with torch.inference_mode():
+                    probs = softmax(model(torch.stack(list(buf))[None])[0].numpy())
+                top = [(names[k], float(probs[k])) for k in np.argsort(-probs)[:3]]
+            draw_overlay(bgr, top, 0.0)
+            n += 1
+        return n
+
+    label = f"{backbone} {size}px T={clip_len} stride {stride}"
+    variants = {f"re-run window, {label}": rerun_window, f"streaming, {label}": streaming}
+    if threads:
+        variants[f"streaming, {threads} threads"] = with_threads(streaming, threads)
+    return variants
+
+
+def bench_demo(video: str | Path, *, repeats: int, **kwargs) -> list[Row]:
+    """Frames/s end to end of ``demo_variants`` (keyword arguments as there)."""
+    variants = demo_variants(video, **kwargs)
+    return interleaved(variants, repeats=repeats).rows("demo", "frames/s", baseline=next(iter(variants)))
+
+
+def torch_profile(fn: Callable[[], object], *, row_limit: int = 15) -> str:
+    """torch.profiler table (ops by self CPU time) of one call of ``fn``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=row_limit)

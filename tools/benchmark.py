@@ -1,0 +1,229 @@
+#!/usr/bin/env python
+"""Speed and memory benchmarks. Figures are ratios measured side by side in one run.
+
+    python tools/benchmark.py all --json bench.json       # every benchmark (~1 h on a shared 2-core CPU)
+    python tools/benchmark.py train-step --profile        # one benchmark, plus a torch.profiler table
+    python tools/benchmark.py all --quick                 # tiny sizes: checks the tool, not the speed
+
+Subcommands: decode (clips/s per decoder), loader (train pipeline clips/s per worker count and the
+trainer's data-wait share on the quickstart), train-step (per-frame loop vs the default and options,
+GFLOP/s vs matmul peak, and the frozen-backbone feature cache), demo (streaming vs re-running the
+window), memory (peak RSS of quickstart training and of the demo). Variants of one benchmark run in
+rotating rounds and ratios are medians of per-round ratios, so other jobs on the machine slow both
+sides of a ratio alike. Prints a Markdown table (and the machine) to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from actionrec import build
+from actionrec.cli import exit_on_error
+from actionrec.config import config_to_dict, load_config
+from actionrec.data.loader import build_loader
+from actionrec.data.synthetic import generate_synthetic_dataset
+from actionrec.engine.checkpoint import make_checkpoint
+from actionrec.engine.loop import setup_amp, train_one_epoch
+from actionrec.engine.optim import create_optimizer, create_scheduler
+from actionrec.perf import benches as B
+from actionrec.perf.memory import run_with_peak_memory
+from actionrec.perf.timing import Row, cprofile_top, machine_info, markdown_table, matmul_peak
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "configs" / "quickstart.yaml"
+COMMANDS = ("decode", "loader", "train-step", "demo", "memory")
+# Full sizes follow the issue: UCF-like 320x240 videos, resnet18 at 224^2, T=16, batch 4.
+FULL = dict(videos=8, width=320, height=240, frames=180, clip_len=16, resize=256, crop=224, batch=4, workers=(0, 1, 2),
+            backbone="resnet18", classes=101, wait_steps=24, bf16=(1, 2, 112), small="mobilenetv3_small_100",
+            demo_frames=64, rerun_frames=32, mem_steps=20, mem_frames=100, overrides=[])
+QUICK = dict(videos=2, width=64, height=48, frames=24, clip_len=4, resize=40, crop=32, batch=2, workers=(0, 1),
+             backbone="test_resnet", classes=8, wait_steps=3, bf16=(1, 2, 32), small=None,
+             demo_frames=12, rerun_frames=8, mem_steps=2, mem_frames=12,
+             overrides=["data.clip_len=4", "data.resize_short=40", "data.crop_size=32", "model.backbone=test_resnet",
+                        "model.hidden_size=16", "train.batch_size=4", "data.num_workers=0"])
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=COMMANDS + ("all",))
+    p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test of the tool; figures meaningless)")
+    p.add_argument("--repeats", type=int, default=0, help="timed rounds per benchmark (default: 3, quick: 1)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads, also for the memory subprocesses (default: torch's choice; quick: 1)")
+    p.add_argument("--options", default="channels_last,compile",
+                   help="train-step options besides the default: channels_last, compile, threadsN (fp32 with N threads, "
+                        "at the reduced size; also a streaming demo variant); bf16 always runs, at a reduced size")
+    p.add_argument("--work-dir", type=Path, default=None, help="generated videos and runs (default: a temp dir)")
+    p.add_argument("--json", type=Path, default=None, help="also write rows, machine and profiles as JSON")
+    p.add_argument("--profile", action="store_true", help="torch.profiler tables of a train step and demo frames")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return p.parse_args(argv)
+
+
+def quickstart_cfg(work: Path, s: dict):
+    """The quickstart config; in --quick mode on a tiny generated dataset with tiny sizes."""
+    overrides = [f"train.output_dir={work / 'runs'}", "logging.wandb.mode=disabled", *s["overrides"]]
+    if s["overrides"]:
+        root = work / "tiny_data"
+        if not root.exists():
+            generate_synthetic_dataset(root, num_groups=2, clips_per_group=1, width=64, height=48, max_frames=16)
+        overrides.append(f"data.root={root}")
+    return load_config(QUICKSTART, overrides), overrides
+
+
+def data_wait(cfg, steps: int) -> list[Row]:
+    """The trainer's data-wait share over the first ``steps`` quickstart steps (its own timer)."""
+    split = build.dataset_split(cfg.data)
+    ds = build.train_dataset(cfg, split)
+    loader = B.WaitTimer(build_loader(ds, batch_size=cfg.train.batch_size, train=True,
+                                      num_workers=cfg.data.num_workers, seed=cfg.train.seed))
+    model = build.model_from(cfg, len(split.classes))
+    optimizer = create_optimizer(model, cfg.optim.name, **build.optimizer_kwargs(cfg))
+    autocast, scaler = setup_amp(torch.device("cpu"), cfg.train.amp)
+    tr = train_one_epoch(model, loader, build.loss_from(cfg, ds.labels, len(split.classes)), optimizer,
+                         create_scheduler(optimizer, warmup_steps=0, total_steps=steps, min_ratio=1.0), epoch=0,
+                         autocast=autocast, scaler=scaler, max_steps=steps, show_progress=False,
+                         clip_grad_norm=cfg.optim.clip_grad_norm)
+    later = loader.waits[1:steps]  # after the first batch (worker start-up)
+    step_time = tr["time_s"] - loader.waits[0]
+    w = cfg.data.num_workers
+    return [Row("loader", f"quickstart data wait, {steps} steps, {w} workers", 100 * tr["data_wait_frac"], "% of time",
+                note="train_one_epoch's data_wait_frac; includes worker start-up"),
+            Row("loader", "quickstart data wait after the first batch", 100 * sum(later) / max(step_time, 1e-9), "% of time"),
+            Row("loader", "quickstart train throughput", tr["clips_per_s"], "clips/s")]
+
+
+def train_step(args: argparse.Namespace, s: dict, repeats: int, profiles: dict) -> list[Row]:
+    """Per-frame loop vs default vs options; bf16 at a reduced size; GFLOP/s vs matmul peaks; cache."""
+    autocast, _ = setup_amp(torch.device("cpu"), "auto")
+    amp = "fp32" if autocast is contextlib.nullcontext else "bf16"
+    kw = dict(backbone=s["backbone"], batch=s["batch"], clip_len=s["clip_len"], size=s["crop"], num_classes=s["classes"])
+    options = [o for o in args.options.split(",") if o]
+    threads = [o for o in options if o.startswith("threads")]  # cheap at the reduced size only
+    rows, flops = B.bench_train_step(**kw, repeats=repeats, default_autocast=autocast,
+                                     options=[o for o in options if o not in threads],
+                                     default_name=f"default: time folded into batch, amp=auto ({amp})")
+    default_rate = rows[1].value
+    # bf16 autocast is emulated (very slow) without native bf16 kernels: compared at a reduced size.
+    b, t, px = s["bf16"]
+    reduced, _ = B.bench_train_step(**dict(kw, batch=b, clip_len=t, size=px), repeats=repeats,
+                                    default_autocast=contextlib.nullcontext, options=["bf16", *threads],
+                                    default_name=f"fold, fp32 (B={b} T={t} {px}px)", per_frame_baseline=False)
+    for r in reduced:
+        r.bench = "train-step reduced"
+    n32, n16 = (2048, 1024) if not args.quick else (256, 128)
+    peaks = {"fp32": matmul_peak(torch.float32, n=n32), "bf16": matmul_peak(torch.bfloat16, n=n16)}
+    achieved = flops / s["batch"] * default_rate / 1e9
+    rows += reduced + [Row("train-step", f"matmul peak {k}", v, "GFLOP/s", note=f"{n} x {n} matmul")
+                       for (k, v), n in zip(peaks.items(), (n32, n16))]
+    rows.append(Row("train-step", "default step, achieved", achieved, "GFLOP/s",
+                    note=f"{flops / 1e9:.0f} GFLOP/step (fwd+bwd); {100 * achieved / peaks['fp32']:.0f}% of fp32 peak, "
+                         f"{100 * achieved / peaks['bf16']:.0f}% of bf16 peak"))
+    rows += B.bench_feature_cache(**kw, repeats=repeats)
+    if args.profile:
+        profiles["train-step default (torch.profiler)"] = B.profile_train_step(**kw, autocast=autocast)
+    return rows
+
+
+def demo_checkpoint(work: Path, s: dict) -> Path:
+    """A random-weight checkpoint at the demo's benchmark size (resnet18 224^2, T=16 when full)."""
+    cfg = load_config(None, [f"model.backbone={s['backbone']}", f"data.clip_len={s['clip_len']}",
+                             f"data.resize_short={s['resize']}", f"data.crop_size={s['crop']}"])
+    names = [f"class{i}" for i in range(s["classes"])]
+    ckpt = make_checkpoint(model=build.model_from(cfg, len(names)), optimizer=None, scheduler=None, scaler=None,
+                           epoch=0, step=0, config=config_to_dict(cfg), class_names=names)
+    path = work / "demo_model.pt"
+    torch.save(ckpt, path)
+    return path
+
+
+def memory(work: Path, s: dict, video: Path, threads: int) -> list[Row]:
+    cfg, overrides = quickstart_cfg(work, s)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+    train = [sys.executable, str(REPO / "tools" / "train.py"), "--config", str(QUICKSTART), *overrides,
+             "train.epochs=1", f"train.max_steps_per_epoch={s['mem_steps']}", "train.name=memory"]
+    demo = [sys.executable, str(REPO / "tools" / "demo.py"), str(video), "--checkpoint", str(demo_checkpoint(work, s)),
+            "--no-show", "--max-frames", str(s["mem_frames"])]
+    rows = []
+    for name, cmd in ((f"quickstart training ({s['mem_steps']} steps + validation, "
+                       f"{cfg.data.num_workers} workers)", train), (f"demo ({s['backbone']} {s['crop']}px)", demo)):
+        peak = run_with_peak_memory(cmd, cwd=REPO, env=env)
+        if peak.returncode != 0:
+            raise RuntimeError(f"{name} failed ({peak.returncode}):\n{peak.output_tail}")
+        rows.append(Row("memory", name, peak.tree_peak_mb, "MB peak RSS (all processes)",
+                        note=f"main process {peak.main_hwm_mb:.0f} MB; {peak.max_processes} processes; {peak.seconds:.0f} s"))
+    return rows
+
+
+def write_result(args: argparse.Namespace, info: dict, rows: list[Row], profiles: dict) -> dict:
+    table = markdown_table(rows)
+    result = {"machine": info, "command": " ".join(["python", "tools/benchmark.py"] + sys.argv[1:]),
+              "rows": [r.to_dict() for r in rows], "table": table, "profiles": profiles}
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def main(args: argparse.Namespace) -> dict:
+    # --quick defaults to one thread: on a busy shared CPU a second OpenMP thread spin-waits for a
+    # descheduled partner and made small ops 10x slower.
+    threads = args.threads or (1 if args.quick else 0)
+    if threads:
+        torch.set_num_threads(threads)
+    s = QUICK if args.quick else FULL
+    repeats = args.repeats or (1 if args.quick else 3)
+    todo = COMMANDS if args.command == "all" else (args.command,)
+    work_ctx = tempfile.TemporaryDirectory(prefix="actionrec-bench-") if args.work_dir is None else None
+    work = Path(work_ctx.name) if work_ctx else args.work_dir
+    info, rows, profiles = machine_info(), [], {}  # after set_num_threads: records the thread count
+    print(f"machine: {json.dumps(info)}", file=sys.stderr, flush=True)
+    videos = B.make_videos(work / "videos", count=s["videos"], width=s["width"], height=s["height"],
+                           num_frames=s["frames"])
+    avi = videos["xvid.avi"]
+    for cmd in todo:
+        print(f"running {cmd} ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        if cmd == "decode":
+            rows += B.bench_decode(videos, clip_len=s["clip_len"], repeats=repeats)
+        elif cmd == "loader":
+            rows += B.bench_loader(avi * 2, clip_len=s["clip_len"], resize_short=s["resize"], crop_size=s["crop"],
+                                   batch_size=s["batch"], workers=s["workers"], repeats=repeats)
+            rows += data_wait(quickstart_cfg(work, s)[0], s["wait_steps"])
+        elif cmd == "train-step":
+            rows += train_step(args, s, repeats, profiles)
+        elif cmd == "demo":
+            thr = [int(o[7:]) for o in args.options.split(",") if o.startswith("threads") and o[7:].isdigit()]
+            demo_kw = dict(size=s["crop"], clip_len=s["clip_len"], stride=4 if not args.quick else 2,
+                           frames=s["demo_frames"], rerun_frames=s["rerun_frames"], threads=thr[0] if thr else 0)
+            for backbone in [s["backbone"]] + ([s["small"]] if s["small"] else []):
+                rows += B.bench_demo(avi[0], backbone=backbone, repeats=repeats, **demo_kw)
+            if args.profile:
+                stream = list(B.demo_variants(avi[0], backbone=s["backbone"], **demo_kw).values())[1]
+                stream()
+                profiles["demo streaming (cProfile)"] = cprofile_top(stream)
+        elif cmd == "memory":
+            rows += memory(work, s, avi[0], threads)
+        print(f"{cmd} took {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        result = write_result(args, info, rows, profiles)  # after every benchmark: a crash keeps the rest
+    print(result["table"])
+    for name, prof in profiles.items():
+        print(f"\nprofile: {name}\n{prof}")
+    if work_ctx:
+        work_ctx.cleanup()
+    return result
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    with exit_on_error(args.debug):
+        main(args)
