@@ -132,6 +132,7 @@ class TrainConfig:
     dist_backend: Literal["auto", "nccl", "gloo"] = "auto"
     sync_bn: bool = False
     cache_features: bool = False  # frozen backbone only: compute clip features once and reuse them
+    cpu_threads: int = 0  # torch threads when training on CPU; 0: the cores left over by data workers (>= 1)
 
 
 @dataclass(frozen=True)
@@ -436,6 +437,7 @@ def validate(cfg: Config) -> None:
     _check(t.max_steps_per_epoch >= 0, "train.max_steps_per_epoch", t.max_steps_per_epoch, "must be >= 0")
     _check(t.log_every >= 1, "train.log_every", t.log_every, "must be >= 1")
     _check(t.save_every_steps >= 0, "train.save_every_steps", t.save_every_steps, "must be >= 0")
+    _check(t.cpu_threads >= 0, "train.cpu_threads", t.cpu_threads, "must be >= 0 (0: cores minus data workers)")
     if t.cache_features:
         _check(m.freeze_backbone, "train.cache_features", True, "needs model.freeze_backbone=true")
 

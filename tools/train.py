@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from actionrec.data.dataset import DecodeFailures
 from actionrec.data.loader import build_loader, set_epoch
 from actionrec.engine import checkpoint as ckpt_io
 from actionrec.engine import distributed as D
-from actionrec.engine.loop import evaluate, setup_amp, train_one_epoch
+from actionrec.engine.loop import cpu_threads, evaluate, setup_amp, train_one_epoch
 from actionrec.engine.optim import create_optimizer, create_scheduler
 from actionrec.engine.plots import plot_confusion, plot_curves
 from actionrec.engine.tracking import RunLogger
@@ -55,6 +56,10 @@ def main(args: argparse.Namespace) -> dict:
     device = cnn_dev  # inputs, autocast and pinned memory follow the backbone
     run_dir = Path(cfg.train.output_dir) / (cfg.train.name or Path(args.config).stem)
     setup_logging(run_dir / "train.log" if dist.is_main else None, main=dist.is_main)
+    if device.type == "cpu":  # leave the data workers their cores: oversubscribed OpenMP threads stall
+        torch.set_num_threads(cpu_threads(cfg.train.cpu_threads, num_workers=cfg.data.num_workers,
+                                          procs_per_node=int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+        log.info("torch CPU threads: %d", torch.get_num_threads())
     torch.manual_seed(D.rank_seed(cfg.train.seed, dist.rank, dist.world_size))
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
