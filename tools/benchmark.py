@@ -16,9 +16,9 @@ sides of a ratio alike. Prints a Markdown table (and the machine) to stdout.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -32,21 +32,22 @@ from actionrec.config import config_to_dict, load_config
 from actionrec.data.loader import build_loader
 from actionrec.data.synthetic import generate_synthetic_dataset
 from actionrec.engine.checkpoint import make_checkpoint
-from actionrec.engine.loop import setup_amp, train_one_epoch
+from actionrec.engine.loop import cpu_threads, setup_amp, train_one_epoch
 from actionrec.engine.optim import create_optimizer, create_scheduler
 from actionrec.perf import benches as B
 from actionrec.perf.memory import run_with_peak_memory
-from actionrec.perf.timing import Row, cprofile_top, machine_info, markdown_table, matmul_peak
+from actionrec.perf.timing import Row, cprofile_top, interleaved, machine_info, markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
 COMMANDS = ("decode", "loader", "train-step", "demo", "memory")
 # Full sizes follow the issue: UCF-like 320x240 videos, resnet18 at 224^2, T=16, batch 4.
 FULL = dict(videos=8, width=320, height=240, frames=180, clip_len=16, resize=256, crop=224, batch=4, workers=(0, 1, 2),
-            backbone="resnet18", classes=101, wait_steps=24, bf16=(1, 2, 112), small="mobilenetv3_small_100",
+            backbone="resnet18", classes=101, wait_steps=24, bf16=(1, 2, 112), qs_step=(8, 8, 64),
+            small="mobilenetv3_small_100",
             demo_frames=64, rerun_frames=32, mem_steps=20, mem_frames=100, overrides=[])
 QUICK = dict(videos=2, width=64, height=48, frames=24, clip_len=4, resize=40, crop=32, batch=2, workers=(0, 1),
-             backbone="test_resnet", classes=8, wait_steps=3, bf16=(1, 2, 32), small=None,
+             backbone="test_resnet", classes=8, wait_steps=3, bf16=(1, 2, 32), qs_step=(2, 2, 32), small=None,
              demo_frames=12, rerun_frames=8, mem_steps=2, mem_frames=12,
              overrides=["data.clip_len=4", "data.resize_short=40", "data.crop_size=32", "model.backbone=test_resnet",
                         "model.hidden_size=16", "train.batch_size=4", "data.num_workers=0"])
@@ -80,57 +81,50 @@ def quickstart_cfg(work: Path, s: dict):
     return load_config(QUICKSTART, overrides), overrides
 
 
-def data_wait(cfg, steps: int) -> list[Row]:
-    """The trainer's data-wait share over the first ``steps`` quickstart steps (its own timer)."""
+def quickstart(cfg, steps: int, repeats: int) -> list[Row]:
+    """Quickstart training steps: throughput and the trainer's data-wait share, per thread count.
+
+    Compares torch's default thread count (all cores) with the trainer's CPU default
+    (``train.cpu_threads=0``: cores minus data workers), in rotating rounds.
+    """
     split = build.dataset_split(cfg.data)
     ds = build.train_dataset(cfg, split)
-    loader = B.WaitTimer(build_loader(ds, batch_size=cfg.train.batch_size, train=True,
-                                      num_workers=cfg.data.num_workers, seed=cfg.train.seed))
-    model = build.model_from(cfg, len(split.classes))
-    optimizer = create_optimizer(model, cfg.optim.name, **build.optimizer_kwargs(cfg))
-    autocast, scaler = setup_amp(torch.device("cpu"), cfg.train.amp)
-    tr = train_one_epoch(model, loader, build.loss_from(cfg, ds.labels, len(split.classes)), optimizer,
-                         create_scheduler(optimizer, warmup_steps=0, total_steps=steps, min_ratio=1.0), epoch=0,
-                         autocast=autocast, scaler=scaler, max_steps=steps, show_progress=False,
-                         clip_grad_norm=cfg.optim.clip_grad_norm)
-    later = loader.waits[1:steps]  # after the first batch (worker start-up)
-    step_time = tr["time_s"] - loader.waits[0]
+    waits: dict[int, list[tuple[float, float]]] = {}
+
+    def run(threads: int):
+        def one() -> tuple[float, float]:
+            before = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                loader = B.WaitTimer(build_loader(ds, batch_size=cfg.train.batch_size, train=True,
+                                                  num_workers=cfg.data.num_workers, seed=cfg.train.seed))
+                model = build.model_from(cfg, len(split.classes))
+                optimizer = create_optimizer(model, cfg.optim.name, **build.optimizer_kwargs(cfg))
+                autocast, scaler = setup_amp(torch.device("cpu"), cfg.train.amp)
+                tr = train_one_epoch(model, loader, build.loss_from(cfg, ds.labels, len(split.classes)), optimizer,
+                                     create_scheduler(optimizer, warmup_steps=0, total_steps=steps, min_ratio=1.0),
+                                     epoch=0, autocast=autocast, scaler=scaler, max_steps=steps, show_progress=False,
+                                     clip_grad_norm=cfg.optim.clip_grad_norm)
+            finally:
+                torch.set_num_threads(before)
+            later = sum(loader.waits[1:steps]) / max(tr["time_s"] - loader.waits[0], 1e-9)  # after worker start-up
+            waits.setdefault(threads, []).append((tr["data_wait_frac"], later))
+            return tr["clips_per_s"] * tr["time_s"], tr["time_s"]
+        return one
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    auto = cpu_threads(0, num_workers=cfg.data.num_workers)
+    names = {cores: f"quickstart training, {cores} threads (torch default)"}
+    names.setdefault(auto, f"quickstart training, {auto} threads (train.cpu_threads=0)")
+    timed = interleaved({name: run(th) for th, name in names.items()}, repeats=repeats, warmup=0)
+    rows = timed.rows("quickstart", "clips/s", baseline=names[cores])
     w = cfg.data.num_workers
-    return [Row("loader", f"quickstart data wait, {steps} steps, {w} workers", 100 * tr["data_wait_frac"], "% of time",
-                note="train_one_epoch's data_wait_frac; includes worker start-up"),
-            Row("loader", "quickstart data wait after the first batch", 100 * sum(later) / max(step_time, 1e-9), "% of time"),
-            Row("loader", "quickstart train throughput", tr["clips_per_s"], "clips/s")]
-
-
-def train_step(args: argparse.Namespace, s: dict, repeats: int, profiles: dict) -> list[Row]:
-    """Per-frame loop vs default vs options; bf16 at a reduced size; GFLOP/s vs matmul peaks; cache."""
-    autocast, _ = setup_amp(torch.device("cpu"), "auto")
-    amp = "fp32" if autocast is contextlib.nullcontext else "bf16"
-    kw = dict(backbone=s["backbone"], batch=s["batch"], clip_len=s["clip_len"], size=s["crop"], num_classes=s["classes"])
-    options = [o for o in args.options.split(",") if o]
-    threads = [o for o in options if o.startswith("threads")]  # cheap at the reduced size only
-    rows, flops = B.bench_train_step(**kw, repeats=repeats, default_autocast=autocast,
-                                     options=[o for o in options if o not in threads],
-                                     default_name=f"default: time folded into batch, amp=auto ({amp})")
-    default_rate = rows[1].value
-    # bf16 autocast is emulated (very slow) without native bf16 kernels: compared at a reduced size.
-    b, t, px = s["bf16"]
-    reduced, _ = B.bench_train_step(**dict(kw, batch=b, clip_len=t, size=px), repeats=repeats,
-                                    default_autocast=contextlib.nullcontext, options=["bf16", *threads],
-                                    default_name=f"fold, fp32 (B={b} T={t} {px}px)", per_frame_baseline=False)
-    for r in reduced:
-        r.bench = "train-step reduced"
-    n32, n16 = (2048, 1024) if not args.quick else (256, 128)
-    peaks = {"fp32": matmul_peak(torch.float32, n=n32), "bf16": matmul_peak(torch.bfloat16, n=n16)}
-    achieved = flops / s["batch"] * default_rate / 1e9
-    rows += reduced + [Row("train-step", f"matmul peak {k}", v, "GFLOP/s", note=f"{n} x {n} matmul")
-                       for (k, v), n in zip(peaks.items(), (n32, n16))]
-    rows.append(Row("train-step", "default step, achieved", achieved, "GFLOP/s",
-                    note=f"{flops / 1e9:.0f} GFLOP/step (fwd+bwd); {100 * achieved / peaks['fp32']:.0f}% of fp32 peak, "
-                         f"{100 * achieved / peaks['bf16']:.0f}% of bf16 peak"))
-    rows += B.bench_feature_cache(**kw, repeats=repeats)
-    if args.profile:
-        profiles["train-step default (torch.profiler)"] = B.profile_train_step(**kw, autocast=autocast)
+    for th, name in names.items():
+        rows.append(Row("quickstart", f"data wait, {th} threads, {steps} steps, {w} workers",
+                        100 * statistics.median(a for a, _ in waits[th]), "% of time", runs=len(waits[th]),
+                        note="train_one_epoch's data_wait_frac (includes worker start-up)"))
+        rows.append(Row("quickstart", f"data wait after the first batch, {th} threads",
+                        100 * statistics.median(b for _, b in waits[th]), "% of time", runs=len(waits[th])))
     return rows
 
 
@@ -198,17 +192,32 @@ def main(args: argparse.Namespace) -> dict:
         elif cmd == "loader":
             rows += B.bench_loader(avi * 2, clip_len=s["clip_len"], resize_short=s["resize"], crop_size=s["crop"],
                                    batch_size=s["batch"], workers=s["workers"], repeats=repeats)
-            rows += data_wait(quickstart_cfg(work, s)[0], s["wait_steps"])
+            rows += quickstart(quickstart_cfg(work, s)[0], s["wait_steps"], repeats)
+            if args.profile:
+                ds = B.pipeline_dataset(avi, naive=False, clip_len=s["clip_len"], resize_short=s["resize"],
+                                        crop_size=s["crop"], occlusion=B.FrameOcclusion(prob=0.3, patch_prob=0.3))
+                profiles["loader items, 0 workers (cProfile)"] = cprofile_top(lambda: [ds[i] for i in range(len(ds))])
         elif cmd == "train-step":
-            rows += train_step(args, s, repeats, profiles)
+            step_rows, prof = B.bench_train_suite(
+                backbone=s["backbone"], batch=s["batch"], clip_len=s["clip_len"], size=s["crop"], num_classes=s["classes"],
+                repeats=repeats, options=[o for o in args.options.split(",") if o], reduced=s["bf16"],
+                quickstart_size=s["qs_step"], peak_sizes=(256, 128) if args.quick else (2048, 1024), profile=args.profile)
+            rows += step_rows
+            if prof:
+                profiles["train-step default (torch.profiler)"] = prof
         elif cmd == "demo":
             thr = [int(o[7:]) for o in args.options.split(",") if o.startswith("threads") and o[7:].isdigit()]
-            demo_kw = dict(size=s["crop"], clip_len=s["clip_len"], stride=4 if not args.quick else 2,
-                           frames=s["demo_frames"], rerun_frames=s["rerun_frames"], threads=thr[0] if thr else 0)
-            for backbone in [s["backbone"]] + ([s["small"]] if s["small"] else []):
-                rows += B.bench_demo(avi[0], backbone=backbone, repeats=repeats, **demo_kw)
+            demo_kw = dict(size=s["crop"], clip_len=s["clip_len"], frames=s["demo_frames"], rerun_frames=s["rerun_frames"])
+            stride = 4 if not args.quick else 2  # demo.stride's default
+            rows += B.bench_demo(avi[0], backbone=s["backbone"], stride=stride, repeats=repeats, channels_last=True,
+                                 threads=thr[0] if thr else 0, **demo_kw)
+            # A prediction every frame: the re-run approach pays clip_len CNN passes per frame.
+            rows += B.bench_demo(avi[0], backbone=s["backbone"], stride=1, repeats=repeats,
+                                 **dict(demo_kw, frames=s["demo_frames"] // 2, rerun_frames=s["rerun_frames"] // 4))
+            if s["small"]:
+                rows += B.bench_demo(avi[0], backbone=s["small"], stride=stride, repeats=repeats, **demo_kw)
             if args.profile:
-                stream = list(B.demo_variants(avi[0], backbone=s["backbone"], **demo_kw).values())[1]
+                stream = list(B.demo_variants(avi[0], backbone=s["backbone"], stride=stride, **demo_kw).values())[1]
                 stream()
                 profiles["demo streaming (cProfile)"] = cprofile_top(stream)
         elif cmd == "memory":

@@ -297,6 +297,51 @@ def profile_train_step(*, backbone: str, batch: int, clip_len: int, size: int, n
     return torch_profile(step)
 
 
+def bench_train_suite(*, backbone: str, batch: int, clip_len: int, size: int, num_classes: int, repeats: int,
+                      options: Sequence[str], reduced: tuple[int, int, int], quickstart_size: tuple[int, int, int],
+                      peak_sizes: tuple[int, int] = (2048, 1024), profile: bool = False) -> tuple[list[Row], str]:
+    """Everything of ``tools/benchmark.py train-step``.
+
+    The per-frame loop vs the default (``setup_amp(cpu, "auto")``) and ``options``; bf16 autocast
+    and 'threadsN' options at the ``reduced`` (batch, T, size), because emulated bf16 is very slow
+    without native kernels; the default's achieved GFLOP/s vs fp32 and bf16 matmul peaks; the
+    default vs channels_last at ``quickstart_size``; the feature cache; optionally a profile.
+
+    Returns:
+        (rows, torch.profiler table of one default step or '').
+    """
+    from actionrec.engine.loop import setup_amp
+    from actionrec.perf.timing import matmul_peak
+
+    autocast, _ = setup_amp(torch.device("cpu"), "auto")
+    amp = "fp32" if autocast is contextlib.nullcontext else "bf16"
+    kw = dict(backbone=backbone, batch=batch, clip_len=clip_len, size=size, num_classes=num_classes)
+    threads = [o for o in options if o.startswith("threads")]
+    rows, flops = bench_train_step(**kw, repeats=repeats, default_autocast=autocast,
+                                   options=[o for o in options if o not in threads],
+                                   default_name=f"default: time folded into batch, amp=auto ({amp})")
+    default_rate = rows[1].value
+    b, t, px = reduced
+    low, _ = bench_train_step(**dict(kw, batch=b, clip_len=t, size=px), repeats=repeats,
+                              default_autocast=contextlib.nullcontext, options=["bf16", *threads],
+                              default_name=f"fold, fp32 (B={b} T={t} {px}px)", per_frame_baseline=False)
+    b, t, px = quickstart_size
+    qs, _ = bench_train_step(**dict(kw, batch=b, clip_len=t, size=px), repeats=repeats, default_autocast=autocast,
+                             options=["channels_last"], default_name=f"default (quickstart size B={b} T={t} {px}px)")
+    for group, name in ((low, "train-step reduced"), (qs, "train-step quickstart")):
+        for r in group:
+            r.bench = name
+    peaks = {"fp32": matmul_peak(torch.float32, n=peak_sizes[0]), "bf16": matmul_peak(torch.bfloat16, n=peak_sizes[1])}
+    achieved = flops / batch * default_rate / 1e9
+    rows += [Row("train-step", f"matmul peak {k}", v, "GFLOP/s", note=f"{n} x {n} matmul")
+             for (k, v), n in zip(peaks.items(), peak_sizes)]
+    rows.append(Row("train-step", "default step, achieved", achieved, "GFLOP/s",
+                    note=f"{flops / 1e9:.0f} GFLOP/step (fwd+bwd); {100 * achieved / peaks['fp32']:.0f}% of fp32 "
+                         f"peak, {100 * achieved / peaks['bf16']:.0f}% of bf16 peak"))
+    rows += low + qs + bench_feature_cache(**kw, repeats=repeats)
+    return rows, profile_train_step(**kw, autocast=autocast) if profile else ""
+
+
 def bench_feature_cache(*, backbone: str, batch: int, clip_len: int, size: int, num_classes: int,
                         repeats: int) -> list[Row]:
     """What ``train.cache_features`` saves: a head-only step on cached (B, T, D) features vs full steps.
@@ -331,14 +376,18 @@ def bench_feature_cache(*, backbone: str, batch: int, clip_len: int, size: int, 
 
 
 def demo_variants(video: str | Path, *, backbone: str, size: int, clip_len: int, stride: int, frames: int,
-                  rerun_frames: int | None = None, threads: int = 0) -> dict[str, Callable[[], int]]:
-    """The two demo paths over the first frames of ``video``; the first entry is the baseline.
+                  rerun_frames: int | None = None, threads: int = 0,
+                  channels_last: bool = False) -> dict[str, Callable[[], tuple[int, float]]]:
+    """The two demo paths over frames of ``video``; the first entry is the baseline.
 
     Both run end to end: decode (OpenCV), per-frame eval transform, model, overlay. 'streaming' is
     the demo's own path (``deploy.streaming.StreamingClassifier`` + ``TorchBackend``): each frame
     through the CNN once, the head every ``stride`` frames. 're-run window' runs the whole model over
     the last ``clip_len`` frames every ``stride`` frames (frames are transformed once and buffered).
-    ``threads`` > 0 adds the streaming path run with that many torch threads.
+    Both first take ``clip_len`` frames untimed, so every timed window is full (steady state), then
+    time ``frames`` (``rerun_frames`` for the slow re-run) frames.
+    ``threads`` > 0 adds the streaming path with that many torch threads; ``channels_last`` adds it
+    with an NHWC backbone.
     """
     from actionrec.deploy.backends import TorchBackend
     from actionrec.deploy.overlay import draw_overlay
@@ -352,38 +401,45 @@ def demo_variants(video: str | Path, *, backbone: str, size: int, clip_len: int,
     def frames_of(limit: int):
         cap = cv2.VideoCapture(str(video))
         try:
-            for _ in range(limit):
+            for _ in range(clip_len + limit):
                 ok, bgr = cap.read()
                 if not ok:
-                    return
+                    raise ValueError(f"{video}: fewer than {clip_len + limit} frames")
                 yield bgr
         finally:
             cap.release()
 
-    def streaming() -> int:
-        clf = StreamingClassifier(TorchBackend(model, tf.frame), names, clip_len=clip_len, stride=stride)
-        last, n = None, 0
+    def streaming(net: nn.Module = model) -> tuple[int, float]:
+        clf = StreamingClassifier(TorchBackend(net, tf.frame), names, clip_len=clip_len, stride=stride)
+        last = None
         for i, bgr in enumerate(frames_of(frames)):
+            if i == clip_len:
+                t0 = time.perf_counter()
             last = clf.push(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), i) or last
             draw_overlay(bgr, last.topk if last else [], 0.0)
-            n += 1
-        return n
+        return frames, time.perf_counter() - t0
 
-    def rerun_window() -> int:
+    def rerun_window() -> tuple[int, float]:
+        n = rerun_frames or frames
         buf: deque = deque(maxlen=clip_len)
-        top, n = [], 0
-        for i, bgr in enumerate(frames_of(rerun_frames or frames)):
+        top: list = []
+        for i, bgr in enumerate(frames_of(n)):
+            if i == clip_len:
+                t0 = time.perf_counter()
             buf.append(tf.frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
-            if (i + 1) % stride == 0:
+            if i >= clip_len and (i + 1) % stride == 0:
                 with torch.inference_mode():
                     probs = softmax(model(torch.stack(list(buf))[None])[0].numpy())
                 top = [(names[k], float(probs[k])) for k in np.argsort(-probs)[:3]]
             draw_overlay(bgr, top, 0.0)
-            n += 1
-        return n
+        return n, time.perf_counter() - t0
 
     label = f"{backbone} {size}px T={clip_len} stride {stride}"
     variants = {f"re-run window, {label}": rerun_window, f"streaming, {label}": streaming}
+    if channels_last:
+        nhwc = create_model("cnn_lstm", num_classes=101, backbone=backbone, channels_last=True).eval()
+        nhwc.load_state_dict(model.state_dict())
+        variants["streaming, channels_last"] = lambda: streaming(nhwc)
     if threads:
         variants[f"streaming, {threads} threads"] = with_threads(streaming, threads)
     return variants

@@ -56,12 +56,13 @@ class Timed:
         return out
 
 
-def interleaved(variants: Mapping[str, Callable[[], float]], *, repeats: int, warmup: int = 1) -> Timed:
+def interleaved(variants: Mapping[str, Callable[[], float | tuple[float, float]]], *, repeats: int, warmup: int = 1) -> Timed:
     """Run each variant ``warmup`` times, then ``repeats`` rounds of all variants in rotating order.
 
     Args:
         variants: name -> callable doing one unit of work and returning the amount done (clips,
-            frames); the rate is amount / wall seconds.
+            frames); the rate is amount / wall seconds. A callable that must exclude a set-up phase
+            (filling a buffer) returns (amount, seconds) timed by itself.
         repeats: timed rounds.
         warmup: untimed calls per variant first (allocator, oneDNN primitive caches, file cache).
 
@@ -78,7 +79,10 @@ def interleaved(variants: Mapping[str, Callable[[], float]], *, repeats: int, wa
         for name in names[k:] + names[:k]:
             t0 = time.perf_counter()
             amount = variants[name]()
-            timed.rates[name].append(amount / max(time.perf_counter() - t0, 1e-9))
+            seconds = time.perf_counter() - t0
+            if isinstance(amount, tuple):  # (amount, seconds) timed by the variant itself
+                amount, seconds = amount
+            timed.rates[name].append(amount / max(seconds, 1e-9))
     return timed
 
 

@@ -151,7 +151,7 @@ def test_train_tool_with_cache_features(tiny_root, tmp_path):
         f"data.root={tiny_root}", f"data.cache_dir={tmp_path / 'cache'}", "data.clip_len=4", "data.resize_short=40",
         "data.crop_size=32", "data.num_workers=0", "model.backbone=test_resnet", "model.hidden_size=16",
         "model.freeze_backbone=true", "train.cache_features=true", "train.batch_size=4", "train.epochs=2",
-        "train.device=cpu", "logging.wandb.mode=disabled", f"train.output_dir={tmp_path / 'runs'}", "train.name=cached",
+        "train.device=cpu", "train.cpu_threads=1", "logging.wandb.mode=disabled", f"train.output_dir={tmp_path / 'runs'}", "train.name=cached",
     ]
     result = train_tool.main(train_tool.parse_args(["--config", str(REPO / "configs" / "quickstart.yaml"), *overrides]))
     feats = sorted((tmp_path / "cache" / "features").glob("*/*.pt"))

@@ -35,14 +35,17 @@ def test_benchmark_quick_all_subcommands(tmp_path):
                 "naive OpenCV: decode all, pick", "VideoReader decord", "VideoReader pyav"]
     assert by_bench["loader"][:4] == [
         "naive OpenCV, 0 workers", "pipeline, 0 workers", "pipeline, 1 worker", "naive OpenCV, 1 workers"]
-    assert any(v.startswith("quickstart data wait") for v in by_bench["loader"])
+    assert by_bench["quickstart"][0].startswith("quickstart training") and any("data wait" in v for v in by_bench["quickstart"])
     step = by_bench["train-step"]
     assert step[0] == "per-frame loop, fp32" and step[1].startswith("default: time folded into batch, amp=auto")
     assert "fold + channels_last" in step and "default step, achieved" in step
     assert {"matmul peak fp32", "matmul peak bf16"} <= set(step)
     assert by_bench["train-step reduced"][1] == "fold + bf16 autocast"
     assert "head-only step on cached features" in by_bench["feature-cache"]
-    assert [v.split(",")[0] for v in by_bench["demo"]] == ["re-run window", "streaming"]
+    assert by_bench["train-step quickstart"][2] == "fold + channels_last"
+    demo = [v.split(",")[0] for v in by_bench["demo"]]
+    assert demo[:2] == demo[3:5] == ["re-run window", "streaming"] and by_bench["demo"][2] == "streaming, channels_last"
+    assert "stride 1" in by_bench["demo"][3]
     assert len(by_bench["memory"]) == 2
     # Baselines report 1.00x against themselves; the table printed to stdout is the JSON's table.
     assert all(r["ratio"] == 1.0 for r in rows if r["variant"] == r["baseline"])
