@@ -48,7 +48,7 @@ def cpu_threads(requested: int, *, num_workers: int, procs_per_node: int = 1) ->
     ``requested`` when > 0; otherwise the cores this process does not leave to its DataLoader
     workers: cores // procs_per_node - num_workers, at least 1. Why: OpenMP threads wait for each
     other at every op, and a thread whose core is taken by a decoding worker stalls the rest. On
-    the 2-core CI machine the quickstart (2 workers) trained 5x faster with 1 thread than with
+    the shared 2-core CI machine the quickstart (2 workers) trained 6.5x faster with 1 thread than with
     torch's default of 2 (docs/benchmarks.md).
     """
     if requested > 0:
