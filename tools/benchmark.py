@@ -43,7 +43,7 @@ QUICKSTART = REPO / "configs" / "quickstart.yaml"
 COMMANDS = ("decode", "loader", "train-step", "demo", "memory")
 # Full sizes follow the issue: UCF-like 320x240 videos, resnet18 at 224^2, T=16, batch 4.
 FULL = dict(videos=8, width=320, height=240, frames=180, clip_len=16, resize=256, crop=224, batch=4, workers=(0, 1, 2),
-            backbone="resnet18", classes=101, wait_steps=24, bf16=(1, 2, 112), qs_step=(8, 8, 64),
+            backbone="resnet18", classes=101, wait_steps=24, bf16=(1, 2, 112), qs_step=None,
             small="mobilenetv3_small_100",
             demo_frames=64, rerun_frames=32, mem_steps=20, mem_frames=100, overrides=[])
 QUICK = dict(videos=2, width=64, height=48, frames=24, clip_len=4, resize=40, crop=32, batch=2, workers=(0, 1),
@@ -68,6 +68,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="torch.profiler tables of a train step and demo frames")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p.parse_args(argv)
+
+
+def quickstart_size() -> tuple[int, int, int]:
+    """(batch, clip_len, crop) of configs/quickstart.yaml, so the comparison follows the config."""
+    cfg = load_config(QUICKSTART)
+    return cfg.train.batch_size, cfg.data.clip_len, cfg.data.crop_size
 
 
 def quickstart_cfg(work: Path, s: dict):
@@ -201,7 +207,7 @@ def main(args: argparse.Namespace) -> dict:
             step_rows, prof = B.bench_train_suite(
                 backbone=s["backbone"], batch=s["batch"], clip_len=s["clip_len"], size=s["crop"], num_classes=s["classes"],
                 repeats=repeats, options=[o for o in args.options.split(",") if o], reduced=s["bf16"],
-                quickstart_size=s["qs_step"], peak_sizes=(256, 128) if args.quick else (2048, 1024), profile=args.profile)
+                quickstart_size=s["qs_step"] or quickstart_size(), peak_sizes=(256, 128) if args.quick else (2048, 1024), profile=args.profile)
             rows += step_rows
             if prof:
                 profiles["train-step default (torch.profiler)"] = prof
