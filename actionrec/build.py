@@ -112,6 +112,7 @@ def model_kwargs(m: ModelConfig) -> dict:
         bidirectional=m.bidirectional,
         lstm_dropout=m.lstm_dropout,
         pooling=m.pooling,
+        feature_grid=m.feature_grid,
         dropout=m.dropout,
         freeze_backbone=m.freeze_backbone,
         freeze_stages=m.freeze_stages,
@@ -208,7 +209,7 @@ def feature_datasets(cfg: Config, split: DatasetSplit, model, *, rank: int = 0, 
     out, failed = [], []
     for samples, num_clips, train in ((split.train, 1, True), (split.test, cfg.train.val_clips, False)):
         ds = eval_dataset(cfg, samples, num_clips=num_clips)
-        cache = FeatureCache(root, backbone_name=cfg.model.backbone, backbone=model.backbone, transforms=ds.transforms,
+        cache = FeatureCache(root, backbone_name=cfg.model.backbone + (f"/grid{cfg.model.feature_grid}" if cfg.model.feature_grid > 1 else ""), backbone=model.backbone, transforms=ds.transforms,
                              sampling=ds.sampling, backend=ds.backend, seek=ds.seek,
                              precision=f"{device.type}:{cfg.train.amp}")
         kw = dict(batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers, autocast=autocast)

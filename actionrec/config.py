@@ -82,6 +82,7 @@ class ModelConfig:
     bidirectional: bool = True
     lstm_dropout: float = 0.2
     pooling: Literal["last", "mean", "attention"] = "attention"
+    feature_grid: int = 1  # pool the last CNN feature map to an N x N grid (1: global average); N > 1 keeps coarse position
     dropout: float = 0.5
     freeze_backbone: bool = False
     freeze_stages: int = 0  # freeze the stem and the first N stages (when not fully frozen)

@@ -64,7 +64,7 @@ SPLIT_DIR_NAME = "ucfTrainTestlist"
 MARKER_NAME = ".complete"
 
 # Bump when rendering changes so that ensure_synthetic_dataset() rebuilds caches.
-_GENERATOR_VERSION = 1
+_GENERATOR_VERSION = 2
 # Fraction of videos shorter than a typical 8-frame clip, to exercise padding/looping.
 _SHORT_FRACTION = 0.1
 _SHORT_LIMIT = 8
@@ -178,7 +178,7 @@ def _render_move(rng: np.random.Generator, bg: np.ndarray, n: int) -> list[np.nd
     h, w = bg.shape[:2]
     shape = str(rng.choice(["circle", "square", "triangle", "diamond"]))
     color = _bright_color(rng)
-    radius = rng.uniform(0.10, 0.17) * min(h, w)
+    radius = rng.uniform(0.12, 0.18) * min(h, w)
     travel = rng.uniform(0.45, 0.75) * w
     x0 = rng.uniform(radius, max(radius, w - radius - travel))
     y0 = rng.uniform(radius, h - radius)
@@ -219,8 +219,8 @@ def _render_rotate(rng: np.random.Generator, bg: np.ndarray, n: int) -> list[np.
     side = min(h, w)
     kind = str(rng.choice(["arrow", "lollipop"]))
     color = _bright_color(rng)
-    length = rng.uniform(0.28, 0.40) * side
-    half_width = max(1.5, rng.uniform(0.05, 0.08) * side)
+    length = rng.uniform(0.32, 0.42) * side
+    half_width = max(1.5, rng.uniform(0.06, 0.09) * side)
     cx = w / 2 + rng.uniform(-0.1, 0.1) * w
     cy = h / 2 + rng.uniform(-0.1, 0.1) * h
     start = rng.uniform(0.0, 2.0 * math.pi)
@@ -288,7 +288,7 @@ def _paste(img: np.ndarray, patch: np.ndarray, mask: np.ndarray, x: int, y: int)
 def _render_stripes(rng: np.random.Generator, bg: np.ndarray, n: int) -> list[np.ndarray]:
     h, w = bg.shape[:2]
     side = int(rng.uniform(0.40, 0.60) * min(h, w))
-    period = max(4.0, rng.uniform(0.06, 0.10) * min(h, w))
+    period = max(4.0, rng.uniform(0.12, 0.18) * min(h, w))
     theta = rng.uniform(0.0, math.pi)
     yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
     phase = (xx * math.cos(theta) + yy * math.sin(theta)) / period
@@ -314,7 +314,7 @@ def _render_stripes(rng: np.random.Generator, bg: np.ndarray, n: int) -> list[np
 def _render_checkerboard(rng: np.random.Generator, bg: np.ndarray, n: int) -> list[np.ndarray]:
     h, w = bg.shape[:2]
     side = int(rng.uniform(0.40, 0.60) * min(h, w))
-    cell = max(3.0, rng.uniform(0.05, 0.09) * min(h, w))
+    cell = max(3.0, rng.uniform(0.10, 0.15) * min(h, w))
     yy, xx = np.mgrid[0:side, 0:side]
     board = ((xx // cell).astype(int) + (yy // cell).astype(int)) % 2 == 0
     light, dark = _texture_colors(rng)

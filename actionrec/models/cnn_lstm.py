@@ -16,6 +16,7 @@ from pathlib import Path
 import timm
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.models import group_parameters
 
 from actionrec.models.heads import LSTMHead, MeanHead
@@ -84,6 +85,9 @@ class CNNLSTM(nn.Module):
         backbone: a timm model (its classifier is removed with ``reset_classifier(0)``).
         num_classes: output classes.
         temporal: 'lstm' (LSTMHead) or 'none' (frame-averaging MeanHead baseline).
+        feature_grid: 1 uses the backbone's own global pooling; N > 1 average-pools the last
+            feature map to an N x N grid and flattens it (D * N^2 features per frame), so the head
+            sees where things are, not only what (e.g. left-to-right motion). CNN backbones only.
         head_kwargs: passed to the head (hidden_size, num_layers, bidirectional, lstm_dropout,
             pooling, dropout).
         freeze_backbone: no gradients into the backbone and its batch norm kept in eval mode.
@@ -98,6 +102,7 @@ class CNNLSTM(nn.Module):
         num_classes: int,
         *,
         temporal: str = "lstm",
+        feature_grid: int = 1,
         head_kwargs: dict | None = None,
         freeze_backbone: bool = False,
         freeze_stages: int = 0,
@@ -110,6 +115,11 @@ class CNNLSTM(nn.Module):
         # timm's pooled output after reset_classifier(0): head_hidden_size where a pre-logits layer
         # follows the pooling (MobileNetV3: 576 -> 1024), num_features otherwise.
         self.feature_dim = getattr(backbone, "head_hidden_size", None) or backbone.num_features
+        if feature_grid < 1:
+            raise ValueError(f"feature_grid must be >= 1, got {feature_grid}")
+        self.feature_grid = feature_grid
+        if feature_grid > 1:
+            self.feature_dim = backbone.num_features * feature_grid**2
         head_kwargs = dict(head_kwargs or {})
         if temporal == "lstm":
             self.head = LSTMHead(self.feature_dim, num_classes, **head_kwargs)
@@ -168,7 +178,16 @@ class CNNLSTM(nn.Module):
         frames = frames.to(self.input_device, non_blocking=True)
         if self.channels_last:
             frames = frames.contiguous(memory_format=torch.channels_last)
-        return self.backbone(frames)
+        if self.feature_grid == 1:
+            return self.backbone(frames)
+        fmap = self.backbone.forward_features(frames)
+        if fmap.dim() != 4:
+            raise ValueError(
+                f"feature_grid={self.feature_grid} needs a CNN feature map (N, C, H, W); "
+                f"{type(self.backbone).__name__} gives shape {tuple(fmap.shape)}"
+            )
+        # (N, C, h, w) -> (N, C, g, g) -> (N, C*g*g); adaptive pooling also works when h < g.
+        return F.adaptive_avg_pool2d(fmap, self.feature_grid).flatten(1)
 
     def clip_features(self, clips: torch.Tensor) -> torch.Tensor:
         """(B, T, C, H, W) clips -> (B, T, D) features."""

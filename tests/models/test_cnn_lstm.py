@@ -149,3 +149,30 @@ def test_feature_dim_follows_pre_logits_width_and_forward_takes_features():
     assert m.feature_dim == feats.shape[-1] == 1024
     # (B, T, D) features (the frozen-backbone feature cache) run the head only, with the same result.
     torch.testing.assert_close(m(feats), m(x))
+
+
+def test_feature_grid_pools_the_feature_map_to_a_grid():
+    torch.manual_seed(0)
+    m = create_model("cnn_lstm", num_classes=3, feature_grid=2, **SMALL).eval()
+    x = torch.randn(2, 3, 3, 128, 128)
+    feats = m.clip_features(x)
+    c = m.backbone.num_features
+    assert m.feature_dim == feats.shape[-1] == 4 * c
+    # Reference: average each quadrant of the last feature map (4x4 at 128 px, stride 32) by hand.
+    fmap = m.backbone.forward_features(x.flatten(0, 1))
+    assert fmap.shape[-2:] == (4, 4)
+    quads = [fmap[..., i : i + 2, j : j + 2].mean((-2, -1)) for i in (0, 2) for j in (0, 2)]
+    ref = torch.stack(quads, -1).flatten(1).view(2, 3, -1)  # (N, C, 4) flattened channel-major
+    torch.testing.assert_close(feats, ref, rtol=1e-5, atol=1e-6)
+    # With grid 1 the same backbone gives its global average, which is the mean of the quadrants.
+    g1 = create_model("cnn_lstm", num_classes=3, **SMALL).eval()
+    g1.backbone.load_state_dict(m.backbone.state_dict())
+    torch.testing.assert_close(g1.clip_features(x), ref.view(2, 3, c, 4).mean(-1), rtol=1e-5, atol=1e-6)
+
+
+def test_feature_grid_needs_a_cnn_feature_map():
+    m = create_model("cnn_lstm", num_classes=3, backbone="test_vit", hidden_size=8, feature_grid=2)
+    with pytest.raises(ValueError, match="feature_grid=2 needs a CNN feature map"):
+        m(torch.randn(1, 2, 3, 32, 32))
+    with pytest.raises(ValueError, match="feature_grid must be >= 1"):
+        create_model("cnn_lstm", num_classes=3, feature_grid=0, **SMALL)
