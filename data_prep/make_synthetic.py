@@ -1,7 +1,7 @@
 """Generate the synthetic UCF101-style dataset (real .avi/.mp4 files plus split lists).
 
 Usage:
-    python data_prep/make_synthetic.py OUT_DIR [--groups 10 --clips-per-group 4 ...]
+    python data_prep/make_synthetic.py OUT_DIR [--groups 10 --clips-per-group 6 ...]
 
 Re-running with the same parameters is a no-op; different parameters rebuild
 OUT_DIR atomically (it is only replaced if it holds nothing but generated files).
@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", type=Path, help="folder to create (UCF101 layout)")
     parser.add_argument("--groups", type=int, default=10, help="groups per class (default: 10)")
-    parser.add_argument("--clips-per-group", type=int, default=4, help="clips per group and class (default: 4)")
+    parser.add_argument("--clips-per-group", type=int, default=6, help="clips per group and class (default: 6)")
     parser.add_argument("--width", type=int, default=160, help="frame width, even (default: 160)")
     parser.add_argument("--height", type=int, default=120, help="frame height, even (default: 120)")
     parser.add_argument("--min-frames", type=int, default=6, help="shortest video (default: 6)")

@@ -64,7 +64,7 @@ SPLIT_DIR_NAME = "ucfTrainTestlist"
 MARKER_NAME = ".complete"
 
 # Bump when rendering changes so that ensure_synthetic_dataset() rebuilds caches.
-_GENERATOR_VERSION = 2
+_GENERATOR_VERSION = 3
 # Fraction of videos shorter than a typical 8-frame clip, to exercise padding/looping.
 _SHORT_FRACTION = 0.1
 _SHORT_LIMIT = 8
@@ -215,42 +215,33 @@ def _render_grow(rng: np.random.Generator, bg: np.ndarray, n: int) -> list[np.nd
 
 
 def _render_rotate(rng: np.random.Generator, bg: np.ndarray, n: int) -> list[np.ndarray]:
+    """A clock hand (bar + ball) or a satellite (ball orbiting a hub) turning about the hub.
+
+    The ball is the part that carries the direction: it travels along a circle, so even a
+    backbone that only knows roughly where things are (a 2x2 feature grid) sees which way it goes.
+    """
     h, w = bg.shape[:2]
     side = min(h, w)
-    kind = str(rng.choice(["arrow", "lollipop"]))
+    kind = str(rng.choice(["hand", "satellite"]))
     color = _bright_color(rng)
-    length = rng.uniform(0.32, 0.42) * side
-    half_width = max(1.5, rng.uniform(0.06, 0.09) * side)
-    cx = w / 2 + rng.uniform(-0.1, 0.1) * w
-    cy = h / 2 + rng.uniform(-0.1, 0.1) * h
+    orbit = rng.uniform(0.20, 0.27) * side
+    ball = rng.uniform(0.08, 0.11) * side
+    half_width = max(1.5, rng.uniform(0.025, 0.04) * side)
+    cx = w / 2 + rng.uniform(-0.08, 0.08) * w
+    cy = h / 2 + rng.uniform(-0.08, 0.08) * h
     start = rng.uniform(0.0, 2.0 * math.pi)
     p = _progress(rng, n)
     # Cap the largest frame-to-frame step at 80 degrees so the turning direction
     # stays unambiguous even in short videos.
     total = min(math.radians(rng.uniform(150.0, 300.0)), math.radians(80.0) / float(np.diff(p).max()))
-    if kind == "arrow":
-        neck = 0.35 * length
-        parts = [
-            np.array(
-                [
-                    [-length, -half_width],
-                    [neck, -half_width],
-                    [neck, -2.4 * half_width],
-                    [length, 0.0],
-                    [neck, 2.4 * half_width],
-                    [neck, half_width],
-                    [-length, half_width],
-                ]
-            )
-        ]
-    else:
-        bar = np.array([[-length, -0.7 * half_width], [length, -0.7 * half_width],
-                        [length, 0.7 * half_width], [-length, 0.7 * half_width]])
-        ball = _polygon("circle", 2.2 * half_width) + (length, 0.0)
-        parts = [bar, ball]
+    parts = [_polygon("circle", ball) + (orbit, 0.0)]
+    if kind == "hand":
+        parts.append(np.array([[0.0, -half_width], [orbit, -half_width], [orbit, half_width], [0.0, half_width]]))
+    hub = _polygon("circle", max(1.5, 0.04 * side)) + (cx, cy)
     frames = []
     for t in p:
         img = bg.copy()
+        _fill(img, hub, color)
         for part in parts:
             _fill(img, _rotate(part, start + t * total) + (cx, cy), color)
         frames.append(img)
@@ -402,7 +393,7 @@ def render_synthetic_video(
 def _generation_params(
     *,
     num_groups: int = 10,
-    clips_per_group: int = 4,
+    clips_per_group: int = 6,
     width: int = 160,
     height: int = 120,
     fps: float = 25.0,
@@ -488,7 +479,7 @@ def generate_synthetic_dataset(
     out_dir: str | Path,
     *,
     num_groups: int = 10,
-    clips_per_group: int = 4,
+    clips_per_group: int = 6,
     width: int = 160,
     height: int = 120,
     fps: float = 25.0,

@@ -16,7 +16,6 @@ from pathlib import Path
 import timm
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.models import group_parameters
 
 from actionrec.models.heads import LSTMHead, MeanHead
@@ -76,6 +75,20 @@ def create_backbone(name: str, *, pretrained: str = "", pretrained_format: str =
         if missing or unexpected:
             raise ValueError(f"{pretrained}: does not match timm '{name}': missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model
+
+
+def grid_pool(fmap: torch.Tensor, grid: int) -> torch.Tensor:
+    """(N, C, h, w) -> (N, C * grid**2): ``F.adaptive_avg_pool2d(fmap, grid).flatten(1)``.
+
+    Written with explicit slices because the ONNX exporter cannot export adaptive pooling when
+    the batch axis is dynamic; the cell bounds are adaptive pooling's (floor start, ceil end),
+    so cells overlap when h or w is not a multiple of ``grid`` and repeat when h < grid.
+    """
+    h, w = int(fmap.shape[-2]), int(fmap.shape[-1])
+    rows = [(i * h // grid, -(-(i + 1) * h // grid)) for i in range(grid)]
+    cols = [(j * w // grid, -(-(j + 1) * w // grid)) for j in range(grid)]
+    cells = [fmap[..., r0:r1, c0:c1].mean(dim=(-2, -1)) for r0, r1 in rows for c0, c1 in cols]
+    return torch.stack(cells, dim=-1).flatten(1)
 
 
 class CNNLSTM(nn.Module):
@@ -186,8 +199,7 @@ class CNNLSTM(nn.Module):
                 f"feature_grid={self.feature_grid} needs a CNN feature map (N, C, H, W); "
                 f"{type(self.backbone).__name__} gives shape {tuple(fmap.shape)}"
             )
-        # (N, C, h, w) -> (N, C, g, g) -> (N, C*g*g); adaptive pooling also works when h < g.
-        return F.adaptive_avg_pool2d(fmap, self.feature_grid).flatten(1)
+        return grid_pool(fmap, self.feature_grid)
 
     def clip_features(self, clips: torch.Tensor) -> torch.Tensor:
         """(B, T, C, H, W) clips -> (B, T, D) features."""

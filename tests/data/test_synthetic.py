@@ -133,10 +133,13 @@ def test_temporal_twin_decoded_frames_are_reversed(tiny: Path):
         fwd = decode(next((tiny / forward).glob(f"v_{forward}_g03_c02.*"))).astype(np.float32)
         bwd = decode(next((tiny / backward).glob(f"v_{backward}_g03_c02.*"))).astype(np.float32)
         assert fwd.shape == bwd.shape
-        # Equal up to codec noise once reversed, and clearly different in original order.
-        reversed_err = np.abs(fwd - bwd[::-1]).mean()
-        assert reversed_err < 4.0
-        assert np.abs(fwd - bwd).mean() > 2 * reversed_err
+        # Equal up to codec noise once reversed, and clearly different in original order: in
+        # original order the moving figure is elsewhere, so some pixels differ by far more than
+        # codec noise (share of pixels with a channel off by > 60 grey levels).
+        reversed_err = np.abs(fwd - bwd[::-1])
+        assert reversed_err.mean() < 4.0
+        assert (reversed_err.max(-1) > 60).mean() < 0.001
+        assert (np.abs(fwd - bwd).max(-1) > 60).mean() > 0.02
         # So the per-video mean frame (what frame averaging sees) matches too.
         assert np.abs(fwd.mean(0) - bwd.mean(0)).mean() < 2.0
 

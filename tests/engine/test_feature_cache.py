@@ -160,5 +160,6 @@ def test_train_tool_with_cache_features(tiny_root, tmp_path):
     assert 0 <= result["last_val"]["top1"] <= 1
     ckpt = torch.load(Path(result["run_dir"]) / "last.pt", map_location="cpu", weights_only=False)
     # The plain CNNLSTM is saved (backbone included), so the checkpoint works without the cache.
-    fresh = create_model("cnn_lstm", num_classes=8, backbone="test_resnet", hidden_size=16)
+    assert ckpt["config"]["model"]["feature_grid"] == 2  # from configs/quickstart.yaml: grid features get cached too
+    fresh = create_model("cnn_lstm", num_classes=8, backbone="test_resnet", hidden_size=16, feature_grid=2)
     fresh.load_state_dict(ckpt["model"])

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from actionrec.models.cnn_lstm import CNNLSTM, create_backbone, map_torchvision_state_dict
+from actionrec.models.cnn_lstm import CNNLSTM, create_backbone, grid_pool, map_torchvision_state_dict
 from actionrec.models.factory import create_model
 from actionrec.models.heads import LSTMHead, MeanHead
 
@@ -176,3 +176,11 @@ def test_feature_grid_needs_a_cnn_feature_map():
         m(torch.randn(1, 2, 3, 32, 32))
     with pytest.raises(ValueError, match="feature_grid must be >= 1"):
         create_model("cnn_lstm", num_classes=3, feature_grid=0, **SMALL)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (3, 3), (4, 4), (5, 7)])
+@pytest.mark.parametrize("grid", [2, 3])
+def test_grid_pool_equals_adaptive_avg_pool(size, grid):
+    fmap = torch.randn(3, 5, *size)
+    ref = torch.nn.functional.adaptive_avg_pool2d(fmap, grid).flatten(1)
+    torch.testing.assert_close(grid_pool(fmap, grid), ref)

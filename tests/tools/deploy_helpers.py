@@ -37,8 +37,9 @@ def deploy_dataset(tmp_path_factory) -> Path:
     return generate_synthetic_dataset(root, num_groups=4, clips_per_group=1, width=64, height=48, max_frames=16, seed=0)
 
 
+# feature_grid=2 as in configs/quickstart.yaml, so export and demo are tested with grid pooling.
 TINY_MODEL = ["data.clip_len=4", "data.resize_short=40", "data.crop_size=32", "data.num_workers=0",
-              "model.backbone=test_resnet", "model.hidden_size=16", "eval.batch_size=4", "train.device=cpu",
+              "model.backbone=test_resnet", "model.feature_grid=2", "model.hidden_size=16", "eval.batch_size=4", "train.device=cpu",
               "demo.stride=2", "demo.smooth=3", "demo.topk=3"]
 
 
