@@ -64,7 +64,7 @@ SPLIT_DIR_NAME = "ucfTrainTestlist"
 MARKER_NAME = ".complete"
 
 # Bump when rendering changes so that ensure_synthetic_dataset() rebuilds caches.
-_GENERATOR_VERSION = 3
+_GENERATOR_VERSION = 4
 # Fraction of videos shorter than a typical 8-frame clip, to exercise padding/looping.
 _SHORT_FRACTION = 0.1
 _SHORT_LIMIT = 8
@@ -224,7 +224,7 @@ def _render_rotate(rng: np.random.Generator, bg: np.ndarray, n: int) -> list[np.
     side = min(h, w)
     kind = str(rng.choice(["hand", "satellite"]))
     color = _bright_color(rng)
-    orbit = rng.uniform(0.20, 0.27) * side
+    orbit = rng.uniform(0.24, 0.30) * side
     ball = rng.uniform(0.08, 0.11) * side
     half_width = max(1.5, rng.uniform(0.025, 0.04) * side)
     cx = w / 2 + rng.uniform(-0.08, 0.08) * w
@@ -233,7 +233,7 @@ def _render_rotate(rng: np.random.Generator, bg: np.ndarray, n: int) -> list[np.
     p = _progress(rng, n)
     # Cap the largest frame-to-frame step at 80 degrees so the turning direction
     # stays unambiguous even in short videos.
-    total = min(math.radians(rng.uniform(150.0, 300.0)), math.radians(80.0) / float(np.diff(p).max()))
+    total = min(math.radians(rng.uniform(210.0, 330.0)), math.radians(80.0) / float(np.diff(p).max()))
     parts = [_polygon("circle", ball) + (orbit, 0.0)]
     if kind == "hand":
         parts.append(np.array([[0.0, -half_width], [orbit, -half_width], [orbit, half_width], [0.0, half_width]]))
