@@ -207,12 +207,10 @@ def feature_datasets(cfg: Config, split: DatasetSplit, model, *, rank: int = 0, 
     autocast, _ = setup_amp(device, cfg.train.amp)
     root = Path(cfg.data.cache_dir).expanduser() / "features"
     out, failed = [], []
-    # The grid changes what a cached feature is, so it is part of the cache key.
-    grid = cfg.model.feature_grid
-    backbone_id = cfg.model.backbone + (f"/grid{grid}" if grid > 1 else "")
     for samples, num_clips, train in ((split.train, 1, True), (split.test, cfg.train.val_clips, False)):
         ds = eval_dataset(cfg, samples, num_clips=num_clips)
-        cache = FeatureCache(root, backbone_name=backbone_id, backbone=model.backbone, transforms=ds.transforms,
+        cache = FeatureCache(root, backbone_name=cfg.model.backbone, backbone=model.backbone,
+                             feature_grid=cfg.model.feature_grid, transforms=ds.transforms,
                              sampling=ds.sampling, backend=ds.backend, seek=ds.seek,
                              precision=f"{device.type}:{cfg.train.amp}")
         kw = dict(batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers, autocast=autocast)

@@ -11,7 +11,7 @@ CNN input, which a frozen backbone gains least from anyway; drop-out in the head
 
 Cache key, so a stale entry is never read:
 
-* global part: backbone name and a digest of its weights and buffers (batch-norm statistics),
+* global part: backbone name, its feature pooling grid, and a digest of its weights and buffers (batch-norm statistics),
   the transform (the albumentations pipeline's repr, which lists every parameter), the sampling
   parameters, the decoder backend and seek mode, and the precision (device type and AMP mode);
 * per video: resolved path, size and mtime. Eval clip indices are a pure function of the sampling
@@ -81,6 +81,7 @@ class FeatureCache:
         root: folder for the entries (a sub-folder per global key is created), or None for memory.
         backbone_name: the timm model name.
         backbone: the backbone module (its weights and buffers are hashed).
+        feature_grid: the model's feature pooling grid (``model.feature_grid``; 1 = global pooling).
         transforms: the per-view transforms the clips go through.
         sampling: clip sampling parameters (a dataclass or a dict).
         backend: decoder backend; ``seek``: the reader's seek mode.
@@ -93,6 +94,7 @@ class FeatureCache:
         *,
         backbone_name: str,
         backbone: nn.Module,
+        feature_grid: int = 1,
         transforms: Sequence,
         sampling,
         backend: str,
@@ -103,6 +105,7 @@ class FeatureCache:
             sampling = dataclasses.asdict(sampling)
         self.parts = {
             "backbone": backbone_name,
+            "feature_grid": feature_grid,
             "weights": state_dict_digest(backbone),
             "transforms": [transform_fingerprint(t) for t in transforms],
             "sampling": dict(sampling),

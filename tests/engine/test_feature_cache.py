@@ -99,6 +99,7 @@ def test_key_changes_with_backbone_transform_sampling_decoder_and_file(tiny_root
         "weights": _cache(None, other_weights, ds),
         "bn statistics": _cache(None, other_stats, ds),
         "backbone name": _cache(None, model, ds, backbone_name="resnet18"),
+        "feature grid": _cache(None, model, ds, feature_grid=2),
         "crop size": _cache(None, model, _dataset(tiny_root, crop=24)),
         "clip_len": _cache(None, model, _dataset(tiny_root, clip_len=6)),
         "num_clips": _cache(None, model, _dataset(tiny_root, num_clips=3)),
