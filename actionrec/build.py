@@ -201,10 +201,11 @@ def feature_datasets(cfg: Config, split: DatasetSplit, model, *, rank: int = 0, 
         (train FeatureDataset, val FeatureDataset, (path, reason) of videos that failed to decode).
     """
     from actionrec.engine.feature_cache import FeatureCache, FeatureDataset, extract_features
-    from actionrec.engine.loop import setup_amp
+    from actionrec.engine.loop import resolve_amp, setup_amp
 
     device = model.input_device
     autocast, _ = setup_amp(device, cfg.train.amp)
+    precision = f"{device.type}:{resolve_amp(device, cfg.train.amp)}"  # 'auto' differs between GPU generations
     root = Path(cfg.data.cache_dir).expanduser() / "features"
     out, failed = [], []
     for samples, num_clips, train in ((split.train, 1, True), (split.test, cfg.train.val_clips, False)):
@@ -212,7 +213,7 @@ def feature_datasets(cfg: Config, split: DatasetSplit, model, *, rank: int = 0, 
         cache = FeatureCache(root, backbone_name=cfg.model.backbone, backbone=model.backbone,
                              feature_grid=cfg.model.feature_grid, transforms=ds.transforms,
                              sampling=ds.sampling, backend=ds.backend, seek=ds.seek,
-                             precision=f"{device.type}:{cfg.train.amp}")
+                             precision=precision)
         kw = dict(batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers, autocast=autocast)
         bad = extract_features(model, ds, cache, rank=rank, world_size=world_size, **kw)
         if world_size > 1:  # every rank's share is on disk; retrying what is still missing lists all failures
@@ -226,6 +227,9 @@ def feature_datasets(cfg: Config, split: DatasetSplit, model, *, rank: int = 0, 
 def model_from_checkpoint(path: str | Path, overrides: tuple[str, ...] | list[str] = ()):
     """Load a checkpoint for inference (demo, export): its config, the model in eval mode, class names.
 
+    The caller picks the device and precision it runs at (demo and export: fp32); the checkpoint's
+    ``train.device`` and ``train.amp`` describe how it was trained and are not applied here.
+
     Returns:
         (config, CNNLSTM on the CPU in eval mode with the checkpoint's weights, class names).
 
@@ -233,7 +237,7 @@ def model_from_checkpoint(path: str | Path, overrides: tuple[str, ...] | list[st
         CheckpointError: missing or unreadable file, or a config/weights this code cannot rebuild.
     """
     from actionrec.config import config_from_checkpoint
-    from actionrec.engine.checkpoint import CheckpointError, load_checkpoint
+    from actionrec.engine.checkpoint import CheckpointError, load_checkpoint, load_weights
 
     ckpt = load_checkpoint(path)
     classes = [str(c) for c in ckpt.get("class_names") or []]
@@ -242,8 +246,12 @@ def model_from_checkpoint(path: str | Path, overrides: tuple[str, ...] | list[st
     try:
         cfg = config_from_checkpoint(ckpt["config"], overrides)
         model = model_from(cfg, len(classes))
-        model.load_state_dict(ckpt["model"])
     except (ValueError, RuntimeError, KeyError) as e:  # ConfigError is a ValueError
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: incompatible checkpoint: {detail}") from None
+    fc = ckpt["model"].get("head.fc.weight")
+    if hasattr(fc, "shape") and fc.ndim == 2 and fc.shape[0] != len(classes):
+        raise CheckpointError(f"{path}: incompatible checkpoint: {len(classes)} class names but a "
+                              f"{fc.shape[0]}-way classifier")
+    load_weights(model, ckpt["model"], path)
     return cfg, model.eval(), classes

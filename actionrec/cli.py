@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -34,7 +35,7 @@ def setup_logging(log_file: Path | None = None, *, main: bool = True) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file))
+        handlers.append(_LoudFileHandler(log_file))
     logging.basicConfig(
         level=logging.INFO if main else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -42,6 +43,23 @@ def setup_logging(log_file: Path | None = None, *, main: bool = True) -> None:
         handlers=handlers,
         force=True,
     )
+
+
+# A write that fails for these reasons is the machine's state, not a bug: one line, no traceback.
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM}
+
+
+class _LoudFileHandler(logging.FileHandler):
+    """A log file that cannot be written (disk full, read-only) stops the run with that error.
+
+    logging's default prints a traceback to stderr for every record and carries on without a log.
+    """
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        err = sys.exc_info()[1]
+        if isinstance(err, OSError):
+            raise OSError(err.errno, err.strerror, self.baseFilename) from None
+        super().handleError(record)
 
 
 @contextlib.contextmanager
@@ -53,4 +71,11 @@ def exit_on_error(debug: bool = False, extra: tuple[type[BaseException], ...] = 
         if debug:
             raise
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if debug or e.errno not in _STORAGE_ERRNOS:
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot write{where}: {e.strerror} (disk full, a file-size limit or a read-only "
+              "folder?); checkpoints written before are unchanged", file=sys.stderr)
         sys.exit(2)

@@ -56,7 +56,7 @@ class DataConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     occlusion: OcclusionConfig = field(default_factory=OcclusionConfig)
-    backend: Literal["decord", "pyav", "opencv"] = "decord"
+    backend: Literal["auto", "decord", "pyav", "opencv"] = "auto"  # auto: decord where exact, else PyAV
     seek: Literal["auto", "always", "never"] = "auto"
     num_workers: int = 2
     max_bad_fraction: float = 0.05  # stop when more than this fraction of videos fail to decode
@@ -353,11 +353,17 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not a text YAML file (byte {e.start} is not UTF-8)") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: invalid YAML: {_yaml_error_line(e)}") from None
         if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
+            raise ConfigError(f"{path}: top level must be a mapping of sections, not a {type(data).__name__}")
+        try:
+            config_from_dict(data)  # the file's own mistakes are reported with its name
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
     data = merge_dicts(data, parse_overrides(overrides))
     return config_from_dict(data)
 

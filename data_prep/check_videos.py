@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("root", type=Path, help="dataset root: ROOT/<Class>/<video>")
     p.add_argument("--clip-len", type=int, default=16, help="frames per clip; shorter videos are too_short (default: 16)")
     p.add_argument("--frame-interval", type=int, default=1, help="stride between clip frames (default: 1)")
-    p.add_argument("--backend", choices=["decord", "pyav", "opencv"], default="decord", help="training decoder (default: decord)")
+    p.add_argument("--backend", choices=["auto", "decord", "pyav", "opencv"], default="auto",
+                   help="training decoder, as data.backend (default: auto)")
     p.add_argument("--seek", choices=["auto", "always", "never"], default="auto", help="training seek policy (default: auto)")
     p.add_argument("--seek-samples", type=int, default=8, help="frames compared by the random-access check (default: 8)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes; 0 checks inline (default: all cores)")
@@ -65,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
+    # File names that are not UTF-8 reach Python surrogate-escaped; print them as their original bytes.
+    sys.stdout.reconfigure(errors="surrogateescape")
+    sys.stderr.reconfigure(errors="surrogateescape")
     move = [s.strip() for s in args.quarantine_status.split(",") if s.strip()]
     unknown = [s for s in move if s not in STATUSES]
     if unknown:

@@ -7,11 +7,14 @@ UCF-named files (v_<Class>_gXX_cYY.avi) are split by group so that no group is
 in both train and test; other names get a seeded per-class (stratified) split.
 Writes classInd.txt, trainlistNN.txt and testlistNN.txt (default into
 ROOT/ucfTrainTestlist), which actionrec.data.splits.load_split then reads.
+
+Exit status: 0 when the lists were written, 2 on an error (one ``error:`` line).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -45,12 +48,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # File names that are not UTF-8 reach Python surrogate-escaped; print them as their original bytes.
+    sys.stdout.reconfigure(errors="surrogateescape")
+    sys.stderr.reconfigure(errors="surrogateescape")
     args = parse_args(argv)
     try:
         videos = scan_class_folders(args.root)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
+    for path in (p for paths in videos.values() for p in paths):
+        try:
+            str(path).encode("utf-8")
+        except UnicodeEncodeError:
+            print(f"error: {os.fsencode(path)!r}: file name is not valid UTF-8; rename it "
+                  "(split lists are UTF-8 text)", file=sys.stderr)
+            return 2
     classes = tuple(videos)
     out_dir = args.out_dir if args.out_dir is not None else args.root / SPLIT_DIR_NAMES[0]
     class_file = out_dir / CLASS_INDEX_NAME
@@ -74,13 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     if conflicts and not args.force:
         names = ", ".join(str(p) for p in conflicts)
         print(f"error: split files already exist: {names}; pass --force to overwrite", file=sys.stderr)
-        return 1
+        return 2
 
     try:
         train, test = make_group_split(videos, test_fraction=args.test_fraction, seed=args.seed)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
     written = write_split_files(args.root, classes, train, test, split=args.split, out_dir=out_dir)
 
     by_group = all(parse_ucf_group(p.name) for paths in videos.values() for p in paths)

@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
+    # File names that are not UTF-8 reach Python surrogate-escaped; print them as their original bytes.
+    sys.stdout.reconfigure(errors="surrogateescape")
+    sys.stderr.reconfigure(errors="surrogateescape")
     src, dst = args.src.expanduser().absolute(), args.dst.expanduser().absolute()
     if dst == src or src in dst.parents:
         raise ValueError(f"DST {dst} must not be inside SRC {src}")

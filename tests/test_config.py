@@ -102,3 +102,33 @@ def test_round_trip_through_dict_and_checkpoint_clears_pretrained(tmp_path):
 def test_missing_config_file():
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_config("nope.yaml")
+
+
+REPO = Path(__file__).resolve().parents[1]
+DOCUMENTED = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "tools").iterdir()),
+              *CONFIGS]
+
+
+def _named_configs() -> list[tuple[str, str]]:
+    import re
+
+    found = set()
+    for doc in DOCUMENTED:
+        if doc.is_file():
+            found.update((doc.relative_to(REPO).as_posix(), m) for m in re.findall(r"configs/[\w.-]+\.ya?ml", doc.read_text()))
+    return sorted(found)
+
+
+NAMED = _named_configs()
+
+
+def test_docs_and_tools_name_configs():
+    # The scan itself must see the documented commands (README and tools/slurm_train.sh name configs).
+    assert {"README.md", "tools/slurm_train.sh"} <= {doc for doc, _ in NAMED}
+
+
+@pytest.mark.parametrize("doc, config", NAMED, ids=[f"{d}:{c}" for d, c in NAMED])
+def test_every_config_named_in_tools_and_docs_exists_and_loads(doc, config):
+    path = REPO / config
+    assert path.is_file(), f"{doc} names {config}, which does not exist"
+    load_config(path)

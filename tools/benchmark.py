@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -55,7 +56,8 @@ QUICK = dict(videos=2, width=64, height=48, frames=24, clip_len=4, resize=40, cr
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=COMMANDS + ("all",))
+    p.add_argument("command", choices=COMMANDS + ("serve", "all"),
+                   help="serve (tools/serve.py under 1, 4, 16 clients, batching on vs off) is not part of 'all'")
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test of the tool; figures meaningless)")
     p.add_argument("--repeats", type=int, default=0, help="timed rounds per benchmark (default: 3, quick: 1)")
     p.add_argument("--threads", type=int, default=0,
@@ -67,7 +69,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None, help="also write rows, machine and profiles as JSON")
     p.add_argument("--profile", action="store_true", help="torch.profiler tables of a train step and demo frames")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for option in (o for o in args.options.split(",") if o):
+        if option not in ("channels_last", "compile") and not re.fullmatch(r"threads[1-9]\d*", option):
+            p.error(f"--options: unknown option {option!r}; choose from channels_last, compile, threadsN")
+    return args
 
 
 def quickstart_size() -> tuple[int, int, int]:
@@ -228,6 +234,11 @@ def main(args: argparse.Namespace) -> dict:
                 profiles["demo streaming (cProfile)"] = cprofile_top(stream)
         elif cmd == "memory":
             rows += memory(work, s, avi[0], threads)
+        elif cmd == "serve":
+            from actionrec.perf.serve import run_serve_benchmark
+
+            serve_rows, profiles["serve"] = run_serve_benchmark(work, quick=args.quick, repeats=repeats, threads=threads)
+            rows += serve_rows
         print(f"{cmd} took {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         result = write_result(args, info, rows, profiles)  # after every benchmark: a crash keeps the rest
     print(result["table"])

@@ -3,6 +3,7 @@
 
     python tools/eval.py runs/quickstart/best.pt
     python tools/eval.py runs/ucf101/best.pt eval.num_clips=10 eval.num_crops=3 data.root=/data/UCF-101
+    python tools/eval.py runs/ucf101/best.pt --device cpu          # a GPU-trained (fp16) checkpoint on a CPU
 
 Softmax scores are averaged over a video's clips and crops. Writes top-1/top-5/mean class
 accuracy, per-class accuracy and the confusion matrix (JSON + PNG) next to the checkpoint
@@ -18,11 +19,10 @@ from pathlib import Path
 
 from actionrec import build
 from actionrec.cli import exit_on_error, setup_logging
-from actionrec.config import config_from_checkpoint, config_to_dict
+from actionrec.config import config_to_dict
 from actionrec.data.loader import build_loader
 from actionrec.engine import distributed as D
-from actionrec.engine.checkpoint import load_checkpoint
-from actionrec.engine.loop import evaluate, setup_amp
+from actionrec.engine.loop import evaluate, resolve_amp, setup_amp
 from actionrec.engine.plots import plot_confusion
 
 log = logging.getLogger("actionrec.eval")
@@ -34,18 +34,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("overrides", nargs="*", help="dotted overrides applied to the checkpoint's config")
     p.add_argument("--split", choices=["test", "train"], default="test", help="which split to evaluate")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: <checkpoint dir>/eval)")
+    p.add_argument("--device", default="auto",
+                   help="where to evaluate: auto (CUDA if present, else CPU), cpu, cuda, cuda:N (default: %(default)s)")
+    p.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], default="auto",
+                   help="precision on that device; auto: bf16 on GPUs with native bf16, fp16 on older GPUs, fp32 on "
+                        "CPUs without native bf16. The checkpoint's train.amp and train.device are not used")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> dict:
-    ckpt = load_checkpoint(args.checkpoint)
-    cfg = config_from_checkpoint(ckpt["config"], args.overrides)
-    dist = D.init_distributed(cfg.train.dist_backend, device=cfg.train.device)
+    cfg, model, classes = build.model_from_checkpoint(args.checkpoint, args.overrides)
+    # Device and precision are this machine's: a checkpoint trained on a GPU with fp16 evaluates on a CPU.
+    dist = D.init_distributed(cfg.train.dist_backend, device=args.device)
     setup_logging(main=dist.is_main)
-    device = D.resolve_device(cfg.train.device, dist.local_rank)
+    device = D.resolve_device(args.device, dist.local_rank)
     split = build.dataset_split(cfg.data)
-    classes = list(ckpt["class_names"])
     if list(split.classes) != classes:
         raise ValueError(f"{args.checkpoint}: trained on classes {classes}, but the dataset has {list(split.classes)}")
     samples = split.test if args.split == "test" else split.train
@@ -53,14 +57,13 @@ def main(args: argparse.Namespace) -> dict:
     loader = build_loader(ds, batch_size=cfg.eval.batch_size, train=False, num_workers=cfg.data.num_workers,
                           rank=dist.rank, world_size=dist.world_size, pin_memory=device.type == "cuda",
                           timeout=cfg.data.loader_timeout)
-    model = build.model_from(cfg, len(classes))
-    model.load_state_dict(ckpt["model"])
     model.place(device, device)
-    autocast, _ = setup_amp(device, cfg.train.amp)
+    autocast, _ = setup_amp(device, args.amp)
     criterion = build.loss_from(cfg, [s.label for s in split.train], len(classes)).to(device)
     views = cfg.eval.num_clips * cfg.eval.num_crops
-    log.info("evaluating %s on %d %s videos: %d clips x %d crops = %d views each",
-             args.checkpoint, len(ds), args.split, cfg.eval.num_clips, cfg.eval.num_crops, views)
+    log.info("evaluating %s on %d %s videos: %d clips x %d crops = %d views each | %s, amp %s",
+             args.checkpoint, len(ds), args.split, cfg.eval.num_clips, cfg.eval.num_crops, views, device,
+             resolve_amp(device, args.amp))
     rep = evaluate(model, loader, criterion, class_names=classes, autocast=autocast, show_progress=dist.is_main)
     result = {k: rep[k] for k in ("top1", "top5", "mean_class_acc", "loss", "num_videos", "per_class_acc", "confusion")}
     result.update(checkpoint=str(args.checkpoint), split=args.split, num_clips=cfg.eval.num_clips,

@@ -119,6 +119,10 @@ def main(args: argparse.Namespace) -> dict:
         "preprocess": build.transform_kwargs(cfg.data),
         "demo": {"stride": cfg.demo.stride, "smooth": cfg.demo.smooth, "topk": cfg.demo.topk,
                  "frame_step": cfg.demo.frame_step},
+        # tools/serve.py's multi-clip scores: the checkpoint's test-time sampling (as tools/eval.py).
+        "eval": {"num_clips": cfg.eval.num_clips, "sampling": {"mode": cfg.data.train_sampling,
+                 "frame_interval": cfg.data.frame_interval, "short_video": cfg.data.short_video},
+                 "backend": cfg.data.backend, "seek": cfg.data.seek},
         "files": {k: p.name for k, p in paths.items()}, "checkpoint": str(args.checkpoint), "opset": args.opset,
     })
     report = {"checkpoint": str(args.checkpoint), "out": str(out), "onnx_max_abs_diff": diffs, "atol": args.atol,

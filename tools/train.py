@@ -25,9 +25,10 @@ from actionrec.data.dataset import DecodeFailures
 from actionrec.data.loader import build_loader, set_epoch
 from actionrec.engine import checkpoint as ckpt_io
 from actionrec.engine import distributed as D
-from actionrec.engine.loop import cpu_threads, evaluate, setup_amp, train_one_epoch
-from actionrec.engine.optim import create_optimizer, create_scheduler
+from actionrec.engine.loop import cpu_threads, evaluate, resolve_amp, setup_amp, train_one_epoch
+from actionrec.engine.optim import create_optimizer, create_scheduler, updates_per_epoch
 from actionrec.engine.plots import plot_confusion, plot_curves
+from actionrec.engine.preemption import PREEMPTED_EXIT, StopRequest
 from actionrec.engine.tracking import RunLogger
 
 log = logging.getLogger("actionrec.train")
@@ -46,7 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(args: argparse.Namespace) -> dict:
+def main(args: argparse.Namespace, stop: StopRequest | None = None) -> dict:
+    """Train; ``stop`` (installed signal handlers) ends the run at the next step with a checkpoint."""
+    stop = stop if stop is not None else StopRequest()  # not installed: never requested
     cfg = load_config(args.config, args.overrides)
     dist = D.init_distributed(cfg.train.dist_backend, device=cfg.model.placement.cnn or cfg.train.device)
     # Devices first, so a missing GPU or two ranks sharing one fails before any data is read.
@@ -90,9 +93,9 @@ def main(args: argparse.Namespace) -> dict:
     criterion = build.loss_from(cfg, train_ds.labels, num_classes).to(head_dev)
     optimizer = create_optimizer(core, cfg.optim.name, **build.optimizer_kwargs(cfg))
     steps_per_epoch = len(train_loader) if not cfg.train.max_steps_per_epoch else min(len(train_loader), cfg.train.max_steps_per_epoch)
-    updates_per_epoch = max(1, steps_per_epoch // cfg.optim.accum_steps)
-    scheduler = create_scheduler(optimizer, warmup_steps=int(cfg.optim.warmup_epochs * updates_per_epoch),
-                                 total_steps=cfg.train.epochs * updates_per_epoch, min_ratio=cfg.optim.min_lr_ratio)
+    updates = updates_per_epoch(steps_per_epoch, cfg.optim.accum_steps)
+    scheduler = create_scheduler(optimizer, warmup_steps=int(cfg.optim.warmup_epochs * updates),
+                                 total_steps=cfg.train.epochs * updates, min_ratio=cfg.optim.min_lr_ratio)
     autocast, scaler = setup_amp(device, cfg.train.amp)
 
     # Resume: model, optimizer, schedule, scaler, RNG, epoch and W&B run id come from the checkpoint.
@@ -101,7 +104,8 @@ def main(args: argparse.Namespace) -> dict:
     if resume_path is not None:
         ckpt = ckpt_io.load_checkpoint(resume_path)
         start_epoch, skip_batches, step = ckpt_io.restore_training_state(
-            ckpt, model=core, optimizer=optimizer, scheduler=scheduler, scaler=scaler, class_names=classes)
+            ckpt, model=core, optimizer=optimizer, scheduler=scheduler, scaler=scaler, class_names=classes,
+            source=resume_path)
         wandb_id = ckpt["extra"].get("wandb_id")
         if dist.distributed:  # the checkpoint holds rank 0's RNG state; give each rank its own stream again
             torch.manual_seed(D.rank_seed(cfg.train.seed, dist.rank, dist.world_size, step))
@@ -116,8 +120,9 @@ def main(args: argparse.Namespace) -> dict:
             log.info("removed %s, left by a run killed while saving", stale.name)
     n_params = sum(p.numel() for p in core.parameters())
     n_train = sum(p.numel() for p in core.parameters() if p.requires_grad)
-    log.info("run %s | %d train / %d val videos, %d classes | world size %d | device %s (cnn %s, head %s) | amp %s",
-             run_dir, len(train_ds), len(val_ds), num_classes, dist.world_size, device, cnn_dev, head_dev, cfg.train.amp)
+    log.info("run %s | %d train / %d val videos, %d classes | world size %d | device %s (cnn %s, head %s) | amp %s (%s)",
+             run_dir, len(train_ds), len(val_ds), num_classes, dist.world_size, device, cnn_dev, head_dev,
+             resolve_amp(device, cfg.train.amp), cfg.train.amp)
     log.info("model %s + %s head: %.2fM params (%.2fM trainable) | effective batch %d | %s groups: %s",
              cfg.model.backbone, cfg.model.temporal, n_params / 1e6, n_train / 1e6,
              cfg.train.batch_size * dist.world_size * cfg.optim.accum_steps, cfg.optim.name,
@@ -133,9 +138,19 @@ def main(args: argparse.Namespace) -> dict:
         saver.save_last(ckpt)
         return ckpt
 
+    def save_preempted(epoch: int, batches_done: int, *, written: bool = False) -> str:
+        if dist.is_main and not written:
+            save(epoch, complete=False, batches_done=batches_done)
+        D.barrier()  # every rank stopped at this step; the checkpoint is on disk before anyone exits
+        log.warning("%s received: stopped after step %d (epoch %d, batch %d); checkpoint %s written; "
+                    "continue with --resume auto (exit status %d)", stop.name or "another rank's stop request", step,
+                    epoch + 1, batches_done, run_dir / "last.pt", PREEMPTED_EXIT)
+        return stop.name or "another rank's stop request"
+
     if dist.is_main:
         print(HEADER, flush=True)
     last_val: dict = {}
+    preempted = ""
     end_epoch = min(cfg.train.epochs, start_epoch + args.stop_after) if args.stop_after else cfg.train.epochs
     for epoch in range(start_epoch, end_epoch):
         set_epoch(train_loader, epoch)
@@ -150,8 +165,11 @@ def main(args: argparse.Namespace) -> dict:
             # an epoch with nothing left to run would log that epoch with empty training metrics.
             on_save=lambda done, at: dist.is_main and done < steps_per_epoch and save(
                 epoch, complete=False, batches_done=done, at_step=at),
-            save_every_steps=cfg.train.save_every_steps, on_failed=failures.record)
+            save_every_steps=cfg.train.save_every_steps, on_failed=failures.record, stop_requested=stop.requested)
         step, skip_batches = tr["step"], 0
+        if tr["preempted"] and tr["batches_done"] < steps_per_epoch:
+            preempted = save_preempted(epoch, tr["batches_done"])
+            break
         failures.add(tr["failed"])
         row = {"epoch": epoch + 1, "step": step, "train_loss": tr["loss"], "train_acc": tr["acc"], "lr": tr["lr"],
                "clips_per_s": tr["clips_per_s"], "data_wait_frac": tr["data_wait_frac"], "time_s": tr["time_s"],
@@ -178,6 +196,9 @@ def main(args: argparse.Namespace) -> dict:
                   f"{v('val_top5'):>6} {v('val_mean_class_acc'):>6} {tr['lr']:>9.2e} {tr['clips_per_s']:>7.1f} "
                   f"{tr['time_s']:>5.0f}s {len(failures.reasons):>4}", flush=True)
         D.barrier()
+        if tr["preempted"]:  # stopped on the epoch's last batch: its checkpoint is written above
+            preempted = save_preempted(epoch, steps_per_epoch, written=True)
+            break
     if dist.is_main:
         best = saver.best[0] if saver.best else None
         log.info("done: best val top-1 %s | checkpoints in %s", f"{best['metric']:.4f} (epoch {best['epoch']})" if best else "n/a", run_dir)
@@ -189,10 +210,12 @@ def main(args: argparse.Namespace) -> dict:
     tracker.finish()
     D.cleanup()
     return {"run_dir": str(run_dir), "last_val": {k: last_val.get(k) for k in ("top1", "top5", "mean_class_acc", "loss")},
-            "best": saver.best}
+            "best": saver.best, "preempted": preempted}
 
 
 if __name__ == "__main__":
     args = parse_args()
-    with exit_on_error(args.debug):
-        main(args)
+    # SIGTERM/SIGUSR1 (a scheduler's preemption notice) end the run at the next step, checkpointed.
+    with exit_on_error(args.debug), StopRequest() as stop:
+        if main(args, stop)["preempted"]:
+            sys.exit(PREEMPTED_EXIT)

@@ -10,24 +10,26 @@ status                    meaning                                               
 ``zero_frames``           opens, but not one frame decodes                            yes
 ``truncated``             the header declares more frames than decode to the end     yes
                           of the file (or decoding stops with an error)
-``seek_unreliable``       random access (decord ``get_batch``) returns other frames  no
-                          than a sequential decode on a sample of frames
+``seek_unreliable``       the training backend (decord or OpenCV, or decord's random  no
+                          access) returns other frames than a sequential decode; the
+                          reader's self-check and ``data.backend=auto`` read it with
+                          PyAV, exactly
 ``too_short``             fewer frames than one clip spans (sampling will loop it)    no
 ``ok``                    none of the above
 ========================  ==========================================================  =======
 
-"Bad" files fail or mislead training and are what ``quarantine`` moves. ``seek_unreliable``
-files are read correctly by the default ``seek='auto'`` policy (it decodes them sequentially),
-only slower, and are wrong with ``seek='always'``: re-encode them with
-``data_prep/transcode.py``. ``too_short`` files are usable; they are listed so a user can tell
+"Bad" files fail or mislead training and are what ``quarantine`` moves. A file PyAV decodes
+exactly is never ``unreadable``. ``seek_unreliable`` files are read correctly by the default
+``backend='auto'`` (PyAV's sequential decode), only slower than random access, and are wrong
+with ``seek='always'``: re-encode them with ``data_prep/transcode.py``. ``too_short`` files are usable; they are listed so a user can tell
 whether ``clip_len`` suits the data.
 
 How a file is checked: one sequential PyAV decode to the end of the file (the reference: only
 the sampled frames are converted to RGB, so memory stays flat) gives the decodable frame count
-and reference frames; the training backend then reads the sampled frames as training would
-(``seek`` policy) and, for decord, with forced random access. Frames are compared by mean
-absolute difference, tolerant of the 1-grey-level IDCT rounding between decord's and PyAV's
-FFmpeg builds but not of a neighbouring frame.
+and reference frames; the training reader then reads the sampled frames as training would
+(backend, ``seek`` policy, self-check) and, for decord, with forced random access. Frames must
+be equal pixel for pixel. FFmpeg's console messages are silenced; the first one the reference
+decode logs is kept in the report (``decoder_message``).
 """
 
 from __future__ import annotations
@@ -47,13 +49,10 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from actionrec.data.splits import CLASS_INDEX_NAME, SPLIT_DIR_NAMES, VIDEO_EXTENSIONS, find_split_dir
-from actionrec.data.video_io import VideoDecodeError, VideoReader
+from actionrec.data.video_io import VideoDecodeError, VideoReader, pyav_frame_count
 
 STATUSES = ("unreadable", "zero_frames", "truncated", "seek_unreliable", "too_short", "ok")
 BAD_STATUSES = ("unreadable", "zero_frames", "truncated")
-# Mean absolute difference (0-255 scale) above which two decodes of a frame are different frames.
-# Same-frame differences between FFmpeg builds are ~0.01; neighbouring frames of real video ~2-20.
-FRAME_TOLERANCE = 1.0
 _SPLIT_LIST = re.compile(r"^(train|test)list\d+\.txt$")
 
 
@@ -69,6 +68,7 @@ class VideoCheck:
         decoded_frames: frames that decode sequentially to the end of the file.
         fps, width, height: stream properties (None when unknown).
         seconds: time the check took.
+        decoder_message: FFmpeg's first message while decoding the file (empty if none).
     """
 
     path: str
@@ -80,6 +80,7 @@ class VideoCheck:
     width: int | None = None
     height: int | None = None
     seconds: float = 0.0
+    decoder_message: str = ""
 
     @property
     def bad(self) -> bool:
@@ -103,51 +104,77 @@ def _sample_indices(path: str, num_frames: int, count: int) -> list[int]:
     return sorted(rng.choice(num_frames, size=k, replace=False).tolist())
 
 
-def _count_packets(path: str) -> int:
-    import av
-
-    try:
-        with av.open(path) as container:
-            return sum(1 for p in container.demux(video=0) if p.size)
-    except av.error.FFmpegError:
-        return 0
+def _riff_cut(path: str) -> bool:
+    """An AVI shorter than its RIFF header says: cut at a packet boundary, which no demuxer flags."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"AVI ":
+        return False
+    return os.path.getsize(path) < int.from_bytes(head[4:8], "little") + 8
 
 
 def _reference_decode(path: str, sample_count: int) -> dict:
-    """Sequential PyAV decode to EOF: header count, decodable count, sampled RGB frames, error."""
+    """Sequential PyAV decode to EOF: counts, sampled RGB frames, error, FFmpeg's first message."""
     import av
 
     out: dict = {"declared": None, "decoded": 0, "fps": None, "width": None, "height": None,
-                 "frames": {}, "error": None, "sample": []}
+                 "frames": {}, "error": None, "sample": [], "message": ""}
+    # PyAV's default level (None) keeps FFmpeg silent; capture its messages for the report instead.
+    # Repeats are not held back: a held "repeated N times" would land in the next file's report.
+    av.logging.set_level(av.logging.WARNING)
+    av.logging.set_skip_repeated(False)
+    try:
+        with av.logging.Capture() as messages:
+            _decode_into(path, sample_count, out)
+    finally:
+        av.logging.set_level(None)
+    if messages:
+        _, name, text = messages[0]
+        out["message"] = f"{name}: {text.strip().splitlines()[0]}" if text.strip() else name
+    return out
+
+
+def _decode_into(path: str, sample_count: int, out: dict) -> None:
+    import av
+
     try:
         container = av.open(path)
     except av.error.FFmpegError as e:
         out["open_error"] = _first_line(e, path)
-        return out
+        return
     with container:
         if not container.streams.video:
             out["open_error"] = "no video stream"
-            return out
+            return
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         stream.thread_count = 1  # one process per file already uses the cores
         out["fps"] = float(stream.average_rate or stream.guessed_rate or 0) or None
-        declared = stream.frames or _count_packets(path)  # MKV/WebM/MPEG-PS headers carry no count
-        out["declared"] = declared
+        try:
+            frames, header = pyav_frame_count(container, stream)
+        except av.error.FFmpegError as e:
+            frames, header, out["error"] = 0, None, _first_line(e, path)
+        container.seek(0)
+        # MKV/WebM/MPEG-PS/TS headers carry no count. A header can also overstate an intact file
+        # (FFmpeg's libxvid with packed B-frames declares 96 frames and writes 94 packets).
+        out["declared"] = declared = header or frames
+        out["packets"] = frames
         out["sample"] = want = _sample_indices(path, declared, sample_count)
         wanted = set(want)
         n = 0
         try:
-            for frame in container.decode(stream):
-                if n == 0:
-                    out["width"], out["height"] = frame.width, frame.height
-                if n in wanted:
-                    out["frames"][n] = frame.to_ndarray(format="rgb24")
-                n += 1
+            for packet in container.demux(stream):
+                if packet.is_corrupt and out.get("damaged") is None:
+                    out["damaged"] = n  # frames decoded before the demuxer met a damaged packet
+                for frame in packet.decode():
+                    if n == 0:
+                        out["width"], out["height"] = frame.width, frame.height
+                    if n in wanted:
+                        out["frames"][n] = frame.to_ndarray(format="rgb24")
+                    n += 1
         except av.error.FFmpegError as e:
             out["error"] = _first_line(e, path)
         out["decoded"] = n
-    return out
 
 
 def _mismatches(frames: np.ndarray, indices: Sequence[int], reference: dict) -> list[int]:
@@ -156,7 +183,7 @@ def _mismatches(frames: np.ndarray, indices: Sequence[int], reference: dict) -> 
         ref = reference.get(i)
         if ref is None or ref.shape != frame.shape:
             bad.append(i)
-        elif np.abs(frame.astype(np.int16) - ref.astype(np.int16)).mean() > FRAME_TOLERANCE:
+        elif not np.array_equal(frame, ref):
             bad.append(i)
     return bad
 
@@ -166,7 +193,7 @@ def check_video(
     *,
     clip_len: int = 16,
     frame_interval: int = 1,
-    backend: str = "decord",
+    backend: str = "auto",
     seek: str = "auto",
     seek_samples: int = 8,
 ) -> VideoCheck:
@@ -177,7 +204,7 @@ def check_video(
         clip_len: frames per training clip; fewer decodable frames than one clip spans
             (``(clip_len - 1) * frame_interval + 1``) gives ``too_short``.
         frame_interval: stride between clip frames.
-        backend: the training decoder ('decord', 'pyav' or 'opencv').
+        backend: the training decoder ('auto', 'decord', 'pyav' or 'opencv').
         seek: the training seek policy the backend read uses.
         seek_samples: how many frames the random-access check compares.
 
@@ -190,7 +217,8 @@ def check_video(
     def result(status: str, reason: str = "", ref: dict | None = None) -> VideoCheck:
         ref = ref or {}
         return VideoCheck(path, status, reason, ref.get("declared"), ref.get("decoded"), ref.get("fps"),
-                          ref.get("width"), ref.get("height"), round(time.monotonic() - t0, 3))
+                          ref.get("width"), ref.get("height"), round(time.monotonic() - t0, 3),
+                          ref.get("message", ""))
 
     if not os.path.isfile(path):
         return result("unreadable", "not a regular file" if os.path.exists(path) else "file not found")
@@ -206,39 +234,43 @@ def check_video(
         return result("zero_frames", why + (f" ({ref['error']})" if ref["error"] else ""), ref)
 
     problem = ""
-    if declared and decoded < declared:
+    if ref.get("damaged") is not None or decoded < ref["packets"] or _riff_cut(path):
         problem = f"header says {declared} frames, only {decoded} decode"
+    if ref.get("damaged") is not None:
+        problem = problem or f"a damaged packet after {ref['damaged']} frames (file cut short?)"
     if ref["error"]:
         problem = (problem + "; " if problem else f"decoding stops after {decoded} frames: ") + ref["error"]
+    if problem:
+        return result("truncated", problem, ref)
 
-    # The training read: the same frames through the configured backend and seek policy.
+    # The training read: the same frames through the configured backend, seek policy and self-check.
     sample = [i for i in ref["sample"] if i < decoded] or [0]
     try:
         with VideoReader(path, backend=backend, seek=seek) as reader:
             sample = [i for i in sample if i < len(reader)] or [0]
-            got = reader.get_frames(sample)
-    except (VideoDecodeError, IndexError) as e:
+            got, used, fallback = reader.get_frames(sample), reader.backend, reader.fallback
+    except (VideoDecodeError, IndexError) as e:  # PyAV decoded every frame above, so this is a bug
         reason = e.reason if isinstance(e, VideoDecodeError) else str(e)
-        if problem:
-            return result("truncated", f"{problem} ({backend} cannot read it either: {reason})", ref)
-        return result("unreadable", f"{backend}: {reason} (PyAV decodes all {decoded} frames: "
-                                    "transcode it, or use data.backend=pyav)", ref)
-    if problem:
-        return result("truncated", problem, ref)
+        return result("unreadable", f"{backend}: {reason} although PyAV decodes all {decoded} frames", ref)
     wrong = _mismatches(got, sample, ref["frames"])
-    if wrong:
-        return result("unreadable", f"{backend} (seek={seek}) returns wrong frames at {wrong[:5]}", ref)
+    if wrong:  # the self-check compares only the first frames
+        return result("seek_unreliable", f"{used} (seek={seek}) returns other frames at {wrong[:5]}; "
+                                         "data.backend=auto reads it exactly (PyAV)", ref)
+    if fallback:
+        return result("seek_unreliable", f"{backend}: {fallback}; the reader uses PyAV for it, as "
+                                         "data.backend=auto does: exact", ref)
 
-    if backend == "decord" and seek != "always":
+    if backend in ("auto", "decord") and seek != "always":
         try:
-            with VideoReader(path, backend="decord", seek="always") as reader:
+            with VideoReader(path, backend="decord", seek="always", verify=False) as reader:
                 got = reader.get_frames(sample)
             wrong = _mismatches(got, sample, ref["frames"])
             if wrong:
                 return result("seek_unreliable", f"random access returns other frames at indices {wrong[:5]} "
-                                                 f"of {sample}", ref)
+                                                 f"of {sample}; data.backend=auto reads it exactly", ref)
         except (VideoDecodeError, IndexError) as e:
-            return result("seek_unreliable", f"random access fails: {getattr(e, 'reason', e)}", ref)
+            return result("seek_unreliable", f"random access fails: {getattr(e, 'reason', e)}; "
+                                             "data.backend=auto reads it exactly", ref)
 
     span = (clip_len - 1) * frame_interval + 1
     if decoded < span:
@@ -303,7 +335,8 @@ def write_report(results: Sequence[VideoCheck], path: str | os.PathLike, *, sett
         doc = {"settings": settings or {}, "summary": summarize(results), "videos": [asdict(r) for r in results]}
         path.write_text(json.dumps(doc, indent=1) + "\n")
     else:
-        with open(path, "w", newline="") as f:
+        # File names that are not UTF-8 (surrogate-escaped) are written back as their original bytes.
+        with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
             w = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(VideoCheck)])
             w.writeheader()
             w.writerows(asdict(r) for r in results)

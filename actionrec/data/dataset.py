@@ -46,7 +46,7 @@ class VideoClipDataset(Dataset):
         transforms: one transform per view; train uses a single random transform, eval may pass
             several deterministic crops (three-crop testing).
         train: random sampling and augmentation; otherwise ``num_clips`` evenly spaced clips.
-        backend: video decoder ('decord', 'pyav' or 'opencv').
+        backend: video decoder ('auto', 'decord', 'pyav' or 'opencv'); see ``video_io``.
         seek: seek policy of the frame-exact reader ('auto', 'always', 'never').
         seed: base seed of the per-item random generators.
         max_retries: train only: how many other videos to try when a video fails to decode.
@@ -63,7 +63,7 @@ class VideoClipDataset(Dataset):
         sampling: ClipSampling,
         transforms: Sequence[Callable],
         train: bool,
-        backend: str = "decord",
+        backend: str = "auto",
         seek: str = "auto",
         seed: int = 0,
         max_retries: int = 10,
@@ -78,15 +78,27 @@ class VideoClipDataset(Dataset):
         self.backend, self.seek = backend, seek
         self.seed = seed
         self.max_retries = max_retries
-        self.epoch = 0
+        # Shared memory: persistent DataLoader workers hold a copy of the dataset, and must still
+        # see the epoch the main process sets.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self.decode_table: DecodeTable | None = None  # set by the loader: which file each worker decodes
+        # The reader's self-check result per video, shared by all DataLoader workers so each file
+        # is checked once per run: 0 not yet, 1 the backend agrees with PyAV, 2 read it with PyAV.
+        self.decoder_checked = torch.zeros(len(self.paths), dtype=torch.uint8).share_memory_()
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        """Changes the random draws; call before each epoch (workers are re-created per epoch)."""
-        self.epoch = epoch
+        """Changes the random draws; call before each epoch (before iterating the loader).
+
+        Reaches persistent workers too: they read the epoch from shared memory when an item is drawn.
+        """
+        self._epoch.fill_(epoch)
 
     def clip_indices(self, num_frames: int, rng: np.random.Generator) -> np.ndarray:
         s = self.sampling
@@ -103,8 +115,12 @@ class VideoClipDataset(Dataset):
         table = self.decode_table
         if table is not None:
             table.start(self.paths[index])
+        checked = int(self.decoder_checked[index])
+        backend = "pyav" if checked == 2 else self.backend
         try:
-            with VideoReader(self.paths[index], backend=self.backend, seek=self.seek) as reader:
+            with VideoReader(self.paths[index], backend=backend, seek=self.seek, verify=checked == 0) as reader:
+                if checked == 0:
+                    self.decoder_checked[index] = 2 if reader.fallback else 1
                 clips = self.clip_indices(len(reader), rng)  # (num_clips, clip_len)
                 # One decode for all clips: the reader sorts and de-duplicates indices.
                 frames = reader.get_frames(clips.reshape(-1))

@@ -86,6 +86,23 @@ class TorchBackend:
             logits = self.model.forward_head(torch.from_numpy(np.ascontiguousarray(feats))[None])
         return logits[0].float().cpu().numpy()
 
+    def features_batch(self, frames: np.ndarray) -> np.ndarray:
+        """(N, 3, S, S) preprocessed float32 frames -> (N, D) features in one backbone call (the server's batches)."""
+        import torch
+
+        with torch.inference_mode():
+            feat = self.model.frame_features(torch.from_numpy(np.ascontiguousarray(frames, np.float32)))
+        self.frames_encoded += len(frames)
+        return feat.float().cpu().numpy()
+
+    def head_batch(self, feats: np.ndarray) -> np.ndarray:
+        """(B, T, D) features -> (B, K) logits (whole clips; the server's multi-clip scores)."""
+        import torch
+
+        with torch.inference_mode():
+            logits = self.model.forward_head(torch.from_numpy(np.ascontiguousarray(feats, np.float32)))
+        return logits.float().cpu().numpy()
+
 
 def _session(path: Path, threads: int):
     import onnxruntime as ort
@@ -126,6 +143,16 @@ class OnnxBackend:
     def head(self, feats: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(feats, dtype=np.float32)[None]
         return self._head.run(None, {self._head_in: x})[0][0]
+
+    def features_batch(self, frames: np.ndarray) -> np.ndarray:
+        """(N, 3, S, S) preprocessed float32 frames -> (N, D) features in one call (dynamic batch axis)."""
+        feat = self._cnn.run(None, {self._cnn_in: np.ascontiguousarray(frames, np.float32)})[0]
+        self.frames_encoded += len(frames)
+        return feat
+
+    def head_batch(self, feats: np.ndarray) -> np.ndarray:
+        """(B, T, D) features -> (B, K) logits."""
+        return self._head.run(None, {self._head_in: np.ascontiguousarray(feats, np.float32)})[0]
 
 
 def write_meta(out_dir: str | Path, meta: dict) -> Path:

@@ -32,3 +32,23 @@ def draw_overlay(frame: np.ndarray, topk: Sequence[tuple[str, float]], fps: floa
     for i, (text, color) in enumerate(lines):
         cv2.putText(frame, text, (6, line * (i + 1)), _FONT, scale, color, thick, cv2.LINE_AA)
     return frame
+
+
+def draw_heatmap(frame: np.ndarray, cam: np.ndarray, *, box: tuple[int, int, int, int] | None = None,
+                 alpha: float = 0.6) -> np.ndarray:
+    """Blend a heatmap in [0, 1] onto a BGR frame (a new array), inside ``box`` (x0, y0, x1, y1) or everywhere.
+
+    Colour (OpenCV's JET) and opacity both follow the heat: hot regions turn red, cold ones keep the
+    frame with a light blue tint, so the scene stays readable around the evidence.
+    """
+    out = frame.copy()
+    x0, y0, x1, y1 = box or (0, 0, frame.shape[1], frame.shape[0])
+    region = out[y0:y1, x0:x1]
+    if region.size == 0:
+        return out
+    heat = cv2.resize(np.asarray(cam, np.float32), (region.shape[1], region.shape[0]), interpolation=cv2.INTER_LINEAR)
+    heat = np.clip(heat, 0.0, 1.0)
+    colour = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET).astype(np.float32)
+    a = (0.15 + (alpha - 0.15) * heat)[..., None]
+    out[y0:y1, x0:x1] = (region * (1 - a) + colour * a).round().clip(0, 255).astype(np.uint8)
+    return out

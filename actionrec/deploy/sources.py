@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 import threading
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from actionrec.data.video_io import utf8_alias
 
 
 class VideoSourceError(ValueError):
@@ -57,8 +60,8 @@ class FileSource:
 
     live = False
 
-    def __init__(self, capture, name: str):
-        self._cap, self.name = capture, name
+    def __init__(self, capture, name: str, *, link_dir: str | None = None):
+        self._cap, self.name, self._link_dir = capture, name, link_dir
         self.frame_index = -1
         self.fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
         self.dropped = 0
@@ -72,6 +75,9 @@ class FileSource:
 
     def release(self) -> None:
         self._cap.release()
+        if self._link_dir is not None:  # the plain-named alias of a non-UTF-8 file name
+            shutil.rmtree(self._link_dir, ignore_errors=True)
+            self._link_dir = None
 
 
 class LatestFrameSource:
@@ -174,14 +180,17 @@ def open_source(source: str | int | None, *, webcam: int | None = None, timeout:
             raise FileNotFoundError(f"video not found: {path}")
         if not path.is_file():
             raise VideoSourceError(f"{path}: not a file")
+        name, link_dir = utf8_alias(str(path))  # OpenCV crashed on file names that are not UTF-8
         with _quiet_native_stderr():
-            cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+            cap = cv2.VideoCapture(name, cv2.CAP_FFMPEG)
             ok = cap.isOpened() and cap.read()[0]
         cap.release()
         if not ok:
+            if link_dir is not None:
+                shutil.rmtree(link_dir, ignore_errors=True)
             raise VideoSourceError(f"{path}: not a video OpenCV can decode")
         # Reopen rather than seek back: seeking is not frame-exact in every container.
-        return FileSource(cv2.VideoCapture(str(path), cv2.CAP_FFMPEG), str(path))
+        return FileSource(cv2.VideoCapture(name, cv2.CAP_FFMPEG), str(path), link_dir=link_dir)
     with _quiet_native_stderr():
         cap = cv2.VideoCapture(value)
         opened = cap.isOpened()

@@ -10,10 +10,13 @@ The unwrapped model is saved (no DDP ``module.`` prefix), so DDP and single-proc
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import random
+import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ import torch
 import torch.nn as nn
 
 FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -58,10 +62,27 @@ def _py_state_to_json(state: tuple) -> list:
     return [version, list(internal), gauss]
 
 
+def cuda_rng_restore_plan(num_saved: int, num_visible: int) -> list[int]:
+    """The CUDA devices whose RNG state a resume restores: those both saved and visible now.
+
+    A checkpoint holds one state per GPU visible when it was written (device index i is the i-th
+    visible GPU). Resumed with fewer GPUs visible, the states of the missing ones are dropped; with
+    more, the extra GPUs keep their current (seeded) state. ``torch.cuda.set_rng_state_all`` would
+    index a device that does not exist and fail with an IndexError.
+    """
+    return list(range(min(max(num_saved, 0), max(num_visible, 0))))
+
+
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("cuda") or []
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    plan = cuda_rng_restore_plan(len(saved), visible)
+    if len(saved) != visible and (saved or visible):
+        log.info("checkpoint holds the CUDA RNG state of %d GPU(s), %d visible now: restoring %d",
+                 len(saved), visible, len(plan))
+    for i in plan:
+        torch.cuda.set_rng_state(saved[i], i)
     name, keys, pos, has_gauss, cached = json.loads(state["numpy"])
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     version, internal, gauss = json.loads(state["python"])
@@ -69,8 +90,32 @@ def set_rng_state(state: dict) -> None:
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temp file in the target folder, fsync, then atomic rename."""
+    """``torch.save`` to a temp file in the target folder, fsync, then atomic rename.
+
+    Raises:
+        CheckpointError: the write failed (disk full, file-size limit, read-only folder); ``path``
+            still holds the previous checkpoint, untouched.
+    """
     path = Path(path)
+    try:
+        _atomic_save(obj, path)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot write the checkpoint ({e.strerror or e}); disk full, a file-size "
+                              f"limit or a read-only folder? The previous {path.name} is unchanged") from None
+    except RuntimeError as e:
+        # torch.save reports a failed write as "... file write failed", or, when the OSError hit
+        # inside its zip writer, as an "unexpected pos" RuntimeError raised while closing it.
+        cause = e.__context__
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__context__
+        if cause is None and "write" not in str(e):
+            raise
+        why = cause.strerror if cause is not None else str(e).splitlines()[0]
+        raise CheckpointError(f"{path}: cannot write the checkpoint ({why}); disk full, a file-size limit or a "
+                              f"read-only folder? The previous {path.name} is unchanged") from None
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -89,23 +134,75 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         raise
 
 
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip format; the legacy pickle format
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint safely (``weights_only=True``); raise CheckpointError with the reason."""
+    """Load a checkpoint safely (``weights_only=True``); raise CheckpointError with the reason.
+
+    Tells apart a file that is not a torch file at all (text, random bytes, a video), a damaged one
+    (truncated zip), one that holds code (refused, nothing run), and a torch file that is not an
+    actionrec checkpoint (a bare state dict, a list).
+    """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a checkpoint: it is a directory or special file, not a .pt file")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise CheckpointError(f"{path}: not a checkpoint: the file is empty (0 bytes)")
+    if not head.startswith(_TORCH_MAGIC):
+        raise CheckpointError(f"{path}: not a checkpoint: not a file written by torch.save "
+                              f"(it starts with {head!r})")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f" ({found.group(1)})" if found else ""
         raise CheckpointError(
-            f"{path}: refused to load: the file holds Python objects other than tensors and plain data "
-            f"(possibly malicious; nothing in it was run). Detail: {str(e).splitlines()[0]}"
+            f"{path}: refused: it holds code objects{what} besides tensors and plain data, which could "
+            "run code on loading; nothing in it was run. Use checkpoints written by tools/train.py"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable or truncated checkpoint: {e}") from None
+    # What torch.load raises on damaged files: zip errors surface as RuntimeError, a cut legacy
+    # pickle as EOFError, a garbled one as KeyError/IndexError/TypeError from the unpickler.
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError,
+            UnicodeDecodeError, zipfile.BadZipFile) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{path}: not a checkpoint: unreadable or truncated torch file ({first})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise CheckpointError(f"{path}: not an actionrec checkpoint (no 'model' entry)")
+        kind = "a bare state dict" if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}"
+        raise CheckpointError(f"{path}: not an actionrec checkpoint: the torch file holds {kind}, no 'model' entry")
+    if not isinstance(ckpt["model"], dict):
+        raise CheckpointError(f"{path}: not an actionrec checkpoint: its 'model' entry is a "
+                              f"{type(ckpt['model']).__name__}, not a state dict")
     return ckpt
+
+
+def load_weights(model: nn.Module, state: dict, source: str | Path) -> None:
+    """``model.load_state_dict(state)``, with a one-line CheckpointError naming ``source`` on a mismatch.
+
+    torch's own message lists every mismatched tensor on its own line (hundreds for another backbone).
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items()
+              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            k, got, want = shapes[0]
+            parts.append(f"{len(shapes)} tensors of another shape (first: {k} is {list(got)}, the model's "
+                         f"{list(want)})")
+        if missing:
+            parts.append(f"{len(missing)} missing (first: {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
+        raise CheckpointError(f"{source}: incompatible checkpoint: its weights do not fit the model its config "
+                              f"describes: {'; '.join(parts)}")
+    model.load_state_dict(state)
 
 
 def make_checkpoint(
@@ -242,9 +339,9 @@ def find_resume(run_dir: str | Path, resume: str) -> Path | None:
 
 
 def restore_training_state(
-    ckpt: dict, *, model: nn.Module, optimizer, scheduler, scaler, class_names: list[str]
+    ckpt: dict, *, model: nn.Module, optimizer, scheduler, scaler, class_names: list[str], source: str | Path = "checkpoint"
 ) -> tuple[int, int, int]:
-    """Load model/optimizer/scheduler/scaler/RNG state from ``ckpt``.
+    """Load model/optimizer/scheduler/scaler/RNG state from ``ckpt`` (read from ``source``, named in errors).
 
     Returns:
         (start_epoch, skip_batches, step): the 0-based epoch to run next, the batches of it that
@@ -252,10 +349,10 @@ def restore_training_state(
     """
     if list(ckpt.get("class_names", [])) != list(class_names):
         raise CheckpointError(
-            f"checkpoint classes {ckpt.get('class_names')} differ from the dataset's {class_names}; "
+            f"{source}: checkpoint classes {ckpt.get('class_names')} differ from the dataset's {class_names}; "
             "resume with the dataset it was trained on"
         )
-    unwrap(model).load_state_dict(ckpt["model"])
+    load_weights(unwrap(model), ckpt["model"], source)
     if ckpt.get("optimizer") is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
     if ckpt.get("scheduler") is not None:

@@ -111,7 +111,7 @@ class FeatureCache:
             "sampling": dict(sampling),
             "decoder": [backend, seek],
             "precision": precision,
-            "format": 1,
+            "format": 2,  # 2: grid features run the backbone's pre-logits layers per cell (cnn_lstm.grid_cells)
         }
         self.key = _digest(self.parts)[:20]
         self.dir = Path(root).expanduser() / self.key if root is not None else None

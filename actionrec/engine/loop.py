@@ -20,21 +20,70 @@ from actionrec.engine.metrics import classification_report, pool_views
 log = logging.getLogger(__name__)
 
 
+def choose_amp(mode: str, *, device_type: str, capability: tuple[int, int] | None = None,
+               native_bf16: bool = False) -> str:
+    """The precision a run uses: 'bf16', 'fp16' or 'none'. Pure: decided from the arguments alone.
+
+    ``mode='auto'``: on CUDA, bf16 when the GPU computes it natively (compute capability >= 8.0,
+    Ampere and newer, or ``native_bf16`` for ROCm GPUs, whose capability is not on NVIDIA's scale),
+    fp16 with a GradScaler otherwise (V100 7.0, T4 7.5): ``torch.cuda.is_bf16_supported()`` also
+    counts emulated bf16, which runs on those GPUs but without tensor cores. On CPU, bf16 only
+    where oneDNN has native bf16 kernels (``native_bf16``): on an AVX2-only CPU (the AMD EPYC CI
+    machines) bf16 autocast made a resnet18 train step 27x slower than fp32, so 'auto' keeps fp32.
+    Any other device type: fp32. An explicit 'bf16', 'fp16' or 'none' is kept as given.
+
+    Args:
+        mode: ``train.amp`` (auto | none | bf16 | fp16).
+        device_type: 'cuda', 'cpu', ...
+        capability: the CUDA device's (major, minor) compute capability; None off CUDA.
+        native_bf16: the device has native bf16 arithmetic (CPU: oneDNN; CUDA: ROCm).
+
+    Raises:
+        ValueError: fp16 off CUDA, or an unknown mode.
+    """
+    if mode not in ("auto", "none", "bf16", "fp16"):
+        raise ValueError(f"train.amp={mode!r}: use auto, none, bf16 or fp16")
+    if mode == "auto":
+        if device_type == "cuda":
+            mode = "bf16" if native_bf16 or (capability is not None and tuple(capability) >= (8, 0)) else "fp16"
+        elif device_type == "cpu":
+            mode = "bf16" if native_bf16 else "none"
+        else:
+            mode = "none"
+    if mode == "fp16" and device_type != "cuda":
+        raise ValueError("train.amp=fp16 needs CUDA; use bf16 on CPU")
+    return mode
+
+
+def amp_facts(device: torch.device) -> dict:
+    """What ``choose_amp`` needs to know about ``device``: its type, capability and native bf16."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return {"device_type": "cuda", "capability": torch.cuda.get_device_capability(device),
+                "native_bf16": torch.version.hip is not None}
+    if device.type == "cpu":
+        return {"device_type": "cpu", "capability": None,
+                "native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}
+    return {"device_type": device.type, "capability": None, "native_bf16": False}
+
+
+def resolve_amp(device: torch.device, mode: str) -> str:
+    """``choose_amp`` for this machine's ``device``: 'bf16', 'fp16' or 'none'."""
+    return choose_amp(mode, **amp_facts(device))
+
+
 def setup_amp(device: torch.device, mode: str) -> tuple[Callable[[], contextlib.AbstractContextManager], torch.amp.GradScaler]:
     """Decide mixed precision once: returns (autocast context factory, grad scaler).
 
-    'auto' picks bf16 on CUDA GPUs that support it, fp16 with loss scaling on older GPUs, and on
-    CPU bf16 only where oneDNN has native bf16 kernels: on an AVX2-only CPU (the AMD EPYC CI
-    machines) bf16 autocast made a resnet18 train step 27x slower than fp32, so 'auto' keeps fp32.
-    The scaler is a no-op unless fp16 is used, so the loop calls it unconditionally.
+    The precision is ``resolve_amp(device, mode)``. The scaler is a no-op unless fp16 is used, so
+    the loop calls it unconditionally.
     """
-    if mode == "auto":
-        if device.type == "cuda":
-            mode = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            mode = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "none"
-    if mode == "fp16" and device.type != "cuda":
-        raise ValueError("train.amp=fp16 needs CUDA; use bf16 on CPU")
+    device = torch.device(device)
+    facts = amp_facts(device)
+    mode = choose_amp(mode, **facts)
+    if mode == "bf16" and facts["device_type"] == "cuda" and choose_amp("auto", **facts) == "fp16":
+        log.warning("train.amp=bf16 on %s (compute capability %d.%d) is emulated, without tensor cores; "
+                    "train.amp=auto would use fp16 there", device, *facts["capability"])
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
     scaler = torch.amp.GradScaler(device.type, enabled=mode == "fp16")
     if dtype is None:
@@ -64,6 +113,34 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN/inf and ``nan_policy`` is 'stop'."""
 
 
+def accumulation_group(batch: int, *, accum_steps: int, total: int) -> tuple[int, int]:
+    """(position in its group, group size) of 0-based ``batch`` of an epoch of ``total`` batches.
+
+    Groups of ``accum_steps`` micro-batches start at batch 0; the last group holds the remaining
+    ``total % accum_steps`` batches when that is not 0, so an epoch takes
+    ``ceil(total / accum_steps)`` optimizer steps (``optim.updates_per_epoch``).
+    """
+    start = batch - batch % accum_steps
+    return batch - start, max(1, min(accum_steps, total - start))
+
+
+def _agree_on_step(loss: torch.Tensor, failed: list, device: torch.device,
+                   stop: bool = False) -> tuple[bool, bool, list, bool]:
+    """(non-finite here, non-finite on any rank, the decode failures of this step on all ranks,
+    a stop was requested on any rank).
+
+    One all-reduce per step, after the forward and before the backward. Under DDP every rank must
+    take the same branch: a rank that skipped backward, or stopped at the bad-video limit, alone
+    would leave the others waiting in their next collective until the launcher killed them. The
+    failures are gathered only in steps where some rank had one.
+    """
+    local_bad = not bool(torch.isfinite(loss))
+    any_bad, any_failed, any_stop = all_reduce_sum([float(local_bad), float(bool(failed)), float(stop)], device)
+    if any_failed > 0:
+        failed = [f for part in gather_objects(list(failed)) for f in part]
+    return local_bad, any_bad > 0, list(failed), any_stop > 0
+
+
 def train_one_epoch(
     model: nn.Module,
     loader,
@@ -85,6 +162,7 @@ def train_one_epoch(
     on_save: Callable[[int, int], None] | None = None,
     save_every_steps: int = 0,
     on_failed: Callable[[list], None] | None = None,
+    stop_requested: Callable[[], bool] | None = None,
     step: int = 0,
 ) -> dict:
     """Train for one epoch.
@@ -97,14 +175,20 @@ def train_one_epoch(
         epoch: 0-based epoch (for messages).
         autocast, scaler: from ``setup_amp``.
         accum_steps: micro-batches per optimizer step (DDP gradients sync on the last one only).
+            A final partial group steps too, its loss divided by its own size, so every step
+            averages the gradients of the batches it saw.
         clip_grad_norm: max global gradient norm (0: off).
         nan_policy: 'stop' raises NonFiniteLossError, 'skip' drops that step and counts it.
         max_steps: cap on batches this epoch (0: all).
         skip_batches: batches already done before a mid-epoch resume (the sampler skipped them).
         on_log: called every ``log_every`` optimizer steps with step metrics (main rank logging).
         on_save: called with (batches done, global step) every ``save_every_steps`` optimizer steps.
-        on_failed: called with a batch's (path, reason) decode failures as they happen, so they
-            are logged at once and the bad-video limit can stop the run mid-epoch.
+        on_failed: called with a step's (path, reason) decode failures, gathered from all ranks,
+            as they happen, so they are logged at once and the bad-video limit can stop the run
+            mid-epoch (on every rank at the same step).
+        stop_requested: polled every batch (``StopRequest.requested``); once it is true on any rank,
+            every rank finishes the optimizer step in progress and the epoch ends early with
+            ``preempted`` set.
         step: global optimizer step at the start of the epoch.
 
     Returns:
@@ -127,25 +211,26 @@ def train_one_epoch(
     grad_norm = float("nan")
     optimizer.zero_grad(set_to_none=True)
     batches_done = skip_batches
+    stopping = preempted = False
     for batch in loader:
         if max_steps and batches_done >= max_steps:
             break
         data_wait += time.perf_counter() - t_last
-        failed.extend(batch["failed"])
-        if batch["failed"] and on_failed is not None:
-            on_failed(batch["failed"])
         clips, labels = batch["clip"], batch["label"].to(out_device, non_blocking=True)
-        micro = batches_done % accum_steps
-        last_micro = micro == accum_steps - 1 or batches_done + 1 == total
+        micro, group = accumulation_group(batches_done, accum_steps=accum_steps, total=total)
+        last_micro = micro == group - 1
         sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with autocast():
                 logits = model(clips)
             loss = criterion(logits.float(), labels)
-            # Under DDP every rank must take the same branch: a rank that skipped backward would pair
-            # its next gradient all-reduce with another rank's current one.
-            local_bad = not torch.isfinite(loss)
-            if all_reduce_sum([float(local_bad)], out_device)[0] > 0:
+            local_bad, any_bad, step_failed, any_stop = _agree_on_step(
+                loss, batch["failed"], out_device, stop=stop_requested is not None and stop_requested())
+            stopping = stopping or any_stop
+            failed.extend(step_failed)
+            if step_failed and on_failed is not None:
+                on_failed(step_failed)  # the same list on every rank: all stop here, or none
+            if any_bad:
                 nonfinite += 1
                 where = "" if local_bad else " on another rank"
                 msg = (
@@ -160,7 +245,7 @@ def train_one_epoch(
                 bar.update(1)
                 t_last = time.perf_counter()
                 continue
-            scaler.scale(loss / accum_steps).backward()
+            scaler.scale(loss / group).backward()
         if last_micro:
             if clip_grad_norm > 0 or (step + 1) % log_every == 0:
                 scaler.unscale_(optimizer)
@@ -198,19 +283,23 @@ def train_one_epoch(
         if last_micro and on_save is not None and save_every_steps and step % save_every_steps == 0:
             on_save(batches_done, step)
         t_last = time.perf_counter()
+        if stopping and last_micro:
+            preempted = True
+            break
     bar.close()
     elapsed = time.perf_counter() - t_start
     loss_sum, correct, seen = all_reduce_sum([loss_sum, correct, seen], out_device)
-    failed = [f for part in gather_objects(failed) for f in part]  # every rank decides on the same list
     return {
         "loss": loss_sum / max(seen, 1),
         "acc": correct / max(seen, 1),
         "clips_per_s": seen / max(elapsed, 1e-9),
         "data_wait_frac": data_wait / max(elapsed, 1e-9),
         "steps": batches_done - skip_batches,
+        "batches_done": batches_done,
+        "preempted": preempted,
         "step": step,
         "skipped_nonfinite": nonfinite,
-        "failed": failed,
+        "failed": failed,  # gathered step by step: the same list on every rank
         "lr": optimizer.param_groups[-1]["lr"],
         "time_s": elapsed,
     }

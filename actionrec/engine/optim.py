@@ -66,6 +66,15 @@ def warmup_cosine_factor(step: int, *, warmup_steps: int, total_steps: int, min_
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def updates_per_epoch(batches: int, accum_steps: int) -> int:
+    """Optimizer steps in an epoch of ``batches`` micro-batches: ceil(batches / accum_steps).
+
+    The training loop also steps on a final partial group (``loop.accumulation_group``), so the
+    schedule counts it; floor would end the cosine early and leave the last steps past its end.
+    """
+    return max(1, -(-batches // accum_steps))
+
+
 def create_scheduler(
     optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int, min_ratio: float
 ) -> torch.optim.lr_scheduler.LambdaLR:

@@ -7,8 +7,8 @@ dropped first, so the history has no duplicate and no gap whatever moment the ru
 W&B runs go to ``<run_dir>/wandb/``. Offline mode (the default) writes everything there and opens
 no network connection; ``wandb sync <run_dir>/wandb/offline-run-*`` uploads it later. A resumed
 run passes the id stored in the checkpoint, so its offline folder carries the same run id and
-syncs into the same W&B run. Media helpers (confusion matrix, per-class table, videos, model
-artifact) do nothing when W&B is off, so ``disabled`` never starts a W&B process or writes a file.
+syncs into the same W&B run. Media helpers (confusion matrix, per-class table, videos, PNG
+pictures, model artifact) do nothing when W&B is off, so ``disabled`` never starts a W&B process or writes a file.
 """
 
 from __future__ import annotations
@@ -128,8 +128,7 @@ class RunLogger:
     def log_step(self, metrics: dict) -> None:
         if not self.enabled:
             return
-        with open(self.steps, "a") as f:
-            f.write(json.dumps({k: _clean(v) for k, v in metrics.items()}) + "\n")
+        _append(self.steps, json.dumps({k: _clean(v) for k, v in metrics.items()}) + "\n")
         if self.wandb_run is not None:
             self.wandb_run.log({k: v for k, v in metrics.items() if k != "step"}, step=metrics["step"])
 
@@ -138,8 +137,7 @@ class RunLogger:
         if not self.enabled:
             return
         row = {k: _clean(v) for k, v in row.items()}
-        with open(self.jsonl, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        _append(self.jsonl, json.dumps(row) + "\n")
         self._write_csv(self.history())
         if self.wandb_run is not None:
             payload = {k: v for k, v in row.items() if v is not None}
@@ -231,6 +229,21 @@ class RunLogger:
         art.add_file(str(path), name=Path(path).name)
         self.wandb_run.log_artifact(art, aliases=list(aliases))
 
+    def log_pictures(self, pictures: dict[str, tuple[str | Path, str]], metrics: dict | None = None) -> None:
+        """PNG files as W&B images, with optional numbers, in one history row (no-op without W&B).
+
+        Args:
+            pictures: ``{key: (png path, caption)}``, e.g. ``{"eval/mistakes": (path, "...")}``.
+            metrics: plain numbers logged in the same row (None values are left out).
+        """
+        if self.wandb_run is None:
+            return
+        import wandb
+
+        payload = {k: v for k, v in (metrics or {}).items() if v is not None}
+        payload.update({key: wandb.Image(str(p), caption=caption) for key, (p, caption) in pictures.items()})
+        self.wandb_run.log(payload)
+
     def finish(self) -> None:
         if self.wandb_run is not None:
             run_dir, offline = Path(self.wandb_run.dir).parent, self.wandb_run.settings.mode == "offline"
@@ -260,3 +273,12 @@ def encode_gif(frames: np.ndarray, fps: int = 4) -> bytes:
     buf = io.BytesIO()
     images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
     return buf.getvalue()
+
+
+def _append(path: Path, text: str) -> None:
+    """Append to a history file; a failed write (disk full, read-only) names the file."""
+    try:
+        with open(path, "a") as f:
+            f.write(text)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None

@@ -77,30 +77,52 @@ def create_backbone(name: str, *, pretrained: str = "", pretrained_format: str =
     return model
 
 
-def grid_pool(fmap: torch.Tensor, grid: int) -> torch.Tensor:
-    """(N, C, h, w) -> (N, C * grid**2): ``F.adaptive_avg_pool2d(fmap, grid).flatten(1)``.
+def grid_cells(fmap: torch.Tensor, grid: int, *, channels_last: bool = False) -> torch.Tensor:
+    """Average-pool a feature map to a ``grid`` x ``grid`` map in the same layout.
 
-    Written with explicit slices because the ONNX exporter cannot export adaptive pooling when
-    the batch axis is dynamic; the cell bounds are adaptive pooling's (floor start, ceil end),
-    so cells overlap when h or w is not a multiple of ``grid`` and repeat when h < grid.
+    (N, C, h, w) -> (N, C, grid, grid), or with ``channels_last`` (N, h, w, C) -> (N, grid, grid, C):
+    ``F.adaptive_avg_pool2d`` written with explicit slices because the ONNX exporter cannot export
+    adaptive pooling when the batch axis is dynamic. The cell bounds are adaptive pooling's (floor
+    start, ceil end), so cells overlap when h or w is not a multiple of ``grid`` and repeat when h < grid.
     """
-    h, w = int(fmap.shape[-2]), int(fmap.shape[-1])
+    hw = (1, 2) if channels_last else (-2, -1)
+    h, w = int(fmap.shape[hw[0]]), int(fmap.shape[hw[1]])
     rows = [(i * h // grid, -(-(i + 1) * h // grid)) for i in range(grid)]
     cols = [(j * w // grid, -(-(j + 1) * w // grid)) for j in range(grid)]
-    cells = [fmap[..., r0:r1, c0:c1].mean(dim=(-2, -1)) for r0, r1 in rows for c0, c1 in cols]
-    return torch.stack(cells, dim=-1).flatten(1)
+    if channels_last:
+        cells = [torch.stack([fmap[:, r0:r1, c0:c1].mean(dim=hw) for c0, c1 in cols], 1) for r0, r1 in rows]
+        return torch.stack(cells, 1)  # (N, grid, grid, C)
+    cells = [torch.stack([fmap[..., r0:r1, c0:c1].mean(dim=hw) for c0, c1 in cols], -1) for r0, r1 in rows]
+    return torch.stack(cells, -2)  # (N, C, grid, grid)
+
+
+def grid_pool(fmap: torch.Tensor, grid: int) -> torch.Tensor:
+    """(N, C, h, w) -> (N, C * grid**2): ``F.adaptive_avg_pool2d(fmap, grid).flatten(1)``."""
+    return grid_cells(fmap, grid).flatten(1)
+
+
+def feature_map_layout(backbone: nn.Module) -> str:
+    """'NHWC' for timm models whose ``forward_features`` is channels-last (Swin, MambaOut, ...), else 'NCHW'.
+
+    timm marks those models with ``output_fmt = 'NHWC'``; pooling their maps over the last two axes
+    would average over width and channels instead of height and width.
+    """
+    fmt = getattr(backbone, "output_fmt", "NCHW")
+    return str(getattr(fmt, "value", fmt)).upper()
 
 
 class CNNLSTM(nn.Module):
     """Time-distributed timm CNN + temporal head.
 
     Args:
-        backbone: a timm model (its classifier is removed with ``reset_classifier(0)``).
+        backbone: a timm model (its classifier is removed with ``reset_classifier``).
         num_classes: output classes.
         temporal: 'lstm' (LSTMHead) or 'none' (frame-averaging MeanHead baseline).
         feature_grid: 1 uses the backbone's own global pooling; N > 1 average-pools the last
-            feature map to an N x N grid and flattens it (D * N^2 features per frame), so the head
-            sees where things are, not only what (e.g. left-to-right motion). CNN backbones only.
+            feature map to an N x N grid (channels-first or channels-last maps alike), runs the
+            backbone's pre-logits layers on each cell and flattens (D * N^2 features per frame), so
+            the head sees where things are, not only what (e.g. left-to-right motion). Backbones
+            with a 2-D feature map only (CNNs, Swin-like models; not ViT token sequences).
         head_kwargs: passed to the head (hidden_size, num_layers, bidirectional, lstm_dropout,
             pooling, dropout).
         freeze_backbone: no gradients into the backbone and its batch norm kept in eval mode.
@@ -123,16 +145,24 @@ class CNNLSTM(nn.Module):
         channels_last: bool = False,
     ):
         super().__init__()
-        backbone.reset_classifier(0)
-        self.backbone = backbone
-        # timm's pooled output after reset_classifier(0): head_hidden_size where a pre-logits layer
-        # follows the pooling (MobileNetV3: 576 -> 1024), num_features otherwise.
-        self.feature_dim = getattr(backbone, "head_hidden_size", None) or backbone.num_features
         if feature_grid < 1:
             raise ValueError(f"feature_grid must be >= 1, got {feature_grid}")
         self.feature_grid = feature_grid
+        # Grid pooling: timm's head without its global pool ('' pool type) still holds the layers
+        # that follow pooling (MobileNetV3 conv_head 576 -> 1024, ConvNeXt head.norm, MambaOut's
+        # MLP); they run on every grid cell, as they run on the pooled vector with grid 1. Calling
+        # forward_features alone left them without gradients, which DDP refuses ("Expected to have
+        # finished reduction in the prior iteration").
         if feature_grid > 1:
-            self.feature_dim = backbone.num_features * feature_grid**2
+            backbone.reset_classifier(0, "")
+        else:
+            backbone.reset_classifier(0)
+        self.backbone = backbone
+        self.feature_layout = feature_map_layout(backbone)
+        # timm's pre-logits width: head_hidden_size where a layer follows the pooling
+        # (MobileNetV3: 1024), num_features otherwise; times the grid cells.
+        width = getattr(backbone, "head_hidden_size", None) or backbone.num_features
+        self.feature_dim = width * feature_grid**2
         head_kwargs = dict(head_kwargs or {})
         if temporal == "lstm":
             self.head = LSTMHead(self.feature_dim, num_classes, **head_kwargs)
@@ -199,7 +229,12 @@ class CNNLSTM(nn.Module):
                 f"feature_grid={self.feature_grid} needs a CNN feature map (N, C, H, W); "
                 f"{type(self.backbone).__name__} gives shape {tuple(fmap.shape)}"
             )
-        return grid_pool(fmap, self.feature_grid)
+        nhwc = self.feature_layout == "NHWC"
+        cells = grid_cells(fmap, self.feature_grid, channels_last=nhwc)
+        cells = self.backbone.forward_head(cells, pre_logits=True)  # the head's layers per cell, same layout
+        if nhwc:
+            cells = cells.permute(0, 3, 1, 2)  # (N, g, g, D) -> (N, D, g, g)
+        return cells.flatten(1)  # (N, D * g * g), channel-major
 
     def clip_features(self, clips: torch.Tensor) -> torch.Tensor:
         """(B, T, C, H, W) clips -> (B, T, D) features."""

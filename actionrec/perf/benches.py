@@ -24,6 +24,7 @@ from actionrec.data.loader import build_loader
 from actionrec.data.sampling import train_clip_indices
 from actionrec.data.synthetic import SYNTHETIC_CLASSES, render_synthetic_video
 from actionrec.data.transforms import FrameOcclusion, eval_transform, train_transform
+from actionrec.data import video_io
 from actionrec.data.video_io import VideoReader
 from actionrec.models.factory import create_model
 from actionrec.perf.timing import Row, interleaved
@@ -104,21 +105,36 @@ def bench_decode(videos: dict[str, list[Path]], *, clip_len: int, repeats: int,
                     np.ascontiguousarray(frames[pick(len(frames), rng)])
                 return len(paths)
 
-            def reader(backend: str) -> Callable[[], int]:
+            def reader(backend: str, verify: bool = True, cold: bool = False) -> Callable[[], int]:
                 rng = np.random.default_rng(0)
 
                 def run() -> int:
+                    # cold: every file is checked again, as in a new run; the other variants keep
+                    # their remembered checks (as later epochs of a run do).
+                    saved = dict(video_io._CHECKED)
+                    if cold:
+                        video_io._CHECKED.clear()
                     for p in paths:
-                        with VideoReader(p, backend=backend) as r:
+                        with VideoReader(p, backend=backend, verify=verify) as r:
                             r.get_frames(pick(len(r), rng))
+                    if cold:
+                        video_io._CHECKED.clear()
+                        video_io._CHECKED.update(saved)
                     return len(paths)
                 return run
 
             base = "naive OpenCV: decode all, pick"
-            timed = interleaved({base: naive, "VideoReader decord": reader("decord"), "VideoReader pyav": reader("pyav")},
-                                repeats=repeats)
-            how = "random access (closed-GOP MP4)" if fmt.endswith(".mp4") else "sequential decode to the last index"
-            rows += timed.rows(f"decode {fmt} {mode}", "clips/s", baseline=base, notes={"VideoReader decord": how})
+            variants = {base: naive,
+                        "VideoReader auto (default)": reader("auto"),
+                        "VideoReader decord, unchecked (old default)": reader("decord", verify=False),
+                        "VideoReader decord, self-check on first open": reader("decord", cold=True),
+                        "VideoReader pyav": reader("pyav")}
+            timed = interleaved(variants, repeats=repeats)
+            mp4 = fmt.endswith(".mp4")
+            notes = {"VideoReader auto (default)": "decord random access" if mp4 else "PyAV sequential decode",
+                     "VideoReader decord, unchecked (old default)":
+                         "random access (closed-GOP MP4)" if mp4 else "sequential decode to the last index"}
+            rows += timed.rows(f"decode {fmt} {mode}", "clips/s", baseline=base, notes=notes)
     return rows
 
 
@@ -136,12 +152,12 @@ class NaiveOpenCVDataset(VideoClipDataset):
 
 
 def pipeline_dataset(paths: Sequence[Path], *, naive: bool, clip_len: int, resize_short: int, crop_size: int,
-                     occlusion: FrameOcclusion) -> VideoClipDataset:
+                     occlusion: FrameOcclusion, backend: str = "auto") -> VideoClipDataset:
     samples = [type("S", (), {"path": p, "label": i % 8})() for i, p in enumerate(paths)]
     tf = train_transform(resize_short=resize_short, crop_size=crop_size, mean=MEAN, std=STD, hflip=True,
                          color_jitter=0.4, occlusion=occlusion)
     cls = NaiveOpenCVDataset if naive else VideoClipDataset
-    return cls(samples, sampling=ClipSampling(clip_len=clip_len), transforms=[tf], train=True)
+    return cls(samples, sampling=ClipSampling(clip_len=clip_len), transforms=[tf], train=True, backend=backend)
 
 
 def bench_loader(paths: Sequence[Path], *, clip_len: int, resize_short: int, crop_size: int, batch_size: int,
@@ -153,7 +169,8 @@ def bench_loader(paths: Sequence[Path], *, clip_len: int, resize_short: int, cro
 
     def run(ds: VideoClipDataset, num_workers: int) -> Callable[[], int]:
         def one_pass() -> int:
-            # Workers are re-created every epoch in training too, so their start-up is counted.
+            # A fresh loader per pass, so worker start-up is counted (training starts its persistent
+            # workers once per run: this is the first epoch's figure, a lower bound for later ones).
             loader = build_loader(ds, batch_size=batch_size, train=True, num_workers=num_workers, seed=0, drop_last=False)
             epoch[0] += 1
             loader.sampler.set_epoch(epoch[0])
@@ -167,6 +184,8 @@ def bench_loader(paths: Sequence[Path], *, clip_len: int, resize_short: int, cro
     variants.update({f"pipeline, {w} worker{'s' if w != 1 else ''}": run(ours, w) for w in workers})
     if max(workers) > 0:
         variants[f"naive OpenCV, {max(workers)} workers"] = run(naive, max(workers))
+    # The default before data.backend=auto: decord everywhere (now with its self-check).
+    variants["pipeline, 0 workers, data.backend=decord"] = run(pipeline_dataset(paths, naive=False, backend="decord", **kw), 0)
     return interleaved(variants, repeats=repeats, warmup=0).rows("loader", "clips/s", baseline=base)
 
 

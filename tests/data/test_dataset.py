@@ -115,3 +115,26 @@ def test_train_loader_shuffles_per_epoch_and_workers_do_not_change_data(split):
         torch.testing.assert_close(x["clip"], y["clip"], rtol=0, atol=0)
     set_epoch(l0, 1)
     assert [b["index"].tolist() for b in l0] != [b["index"].tolist() for b in b0]
+
+
+def test_self_check_runs_once_per_file_across_workers_and_clips_equal_pyav(tmp_path):
+    """decord shifts this MPEG-2 TS by 12 frames; the dataset's clips must still be PyAV's frames."""
+    from actionrec.data.sampling import eval_clip_indices
+    from actionrec.data.video_io import read_all_frames
+    from tests.data.test_video_corpus import _build, _source_frames
+
+    ts = _build("mpeg2_ts.ts", tmp_path, _source_frames())
+    frames = read_all_frames(ts)  # PyAV's sequential decode: (96, 96, 128, 3)
+    tf = eval_transform(resize_short=96, crop_size=96, mean=(0, 0, 0), std=(1, 1, 1))
+    ds = VideoClipDataset([VideoSample(ts, 0)] * 4, sampling=ClipSampling(clip_len=6), transforms=[tf],
+                          train=False, backend="decord", seek="never")
+    expected = frames[eval_clip_indices(len(frames), 6, 1)[0]][:, :, 16:112]
+    loader = build_loader(ds, batch_size=1, train=False, num_workers=2)
+    for batch in loader:
+        got = (batch["clip"][0, 0].permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+        np.testing.assert_array_equal(got, expected)
+    # Shared with the workers: each sample was checked and marked "read with PyAV" (2).
+    assert ds.decoder_checked.tolist() == [2, 2, 2, 2]
+    item = ds[0]  # the main process now skips the check and reads with PyAV at once
+    got = (item["clip"][0].permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    np.testing.assert_array_equal(got, expected)

@@ -307,7 +307,7 @@ def test_make_splits_cli_round_trip(tmp_path: Path):
     assert not {parse_ucf_group(s.path.name) for s in split.train} & {parse_ucf_group(s.path.name) for s in split.test}
 
     again = run()
-    assert again.returncode == 1 and "--force" in again.stderr
+    assert again.returncode == 2 and "--force" in again.stderr
     assert load_split(root) == split  # untouched
     forced = run("--force", "--seed", "4")
     assert forced.returncode == 0, forced.stderr

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from actionrec.models.cnn_lstm import CNNLSTM, create_backbone, grid_pool, map_torchvision_state_dict
+from actionrec.models.cnn_lstm import CNNLSTM, create_backbone, grid_cells, grid_pool, map_torchvision_state_dict
 from actionrec.models.factory import create_model
 from actionrec.models.heads import LSTMHead, MeanHead
 
@@ -184,3 +184,49 @@ def test_grid_pool_equals_adaptive_avg_pool(size, grid):
     fmap = torch.randn(3, 5, *size)
     ref = torch.nn.functional.adaptive_avg_pool2d(fmap, grid).flatten(1)
     torch.testing.assert_close(grid_pool(fmap, grid), ref)
+
+
+# Backbones whose head holds parameters after pooling (MobileNetV3 conv_head, ConvNeXt head.norm,
+# MambaOut's MLP) and one with a channels-last feature map (MambaOut, like Swin): all cheap at 32 px.
+HEAD_BACKBONES = ["mobilenetv3_small_100", "test_convnext", "test_mambaout", "test_resnet"]
+
+
+@pytest.mark.parametrize("grid", [1, 2])
+@pytest.mark.parametrize("backbone", HEAD_BACKBONES)
+def test_every_backbone_parameter_gets_a_gradient_with_and_without_grid(backbone, grid):
+    """An unused trainable parameter is what DDP refuses ("Expected to have finished reduction")."""
+    torch.manual_seed(0)
+    m = create_model("cnn_lstm", num_classes=3, backbone=backbone, hidden_size=8, feature_grid=grid, dropout=0.0)
+    x = torch.randn(2, 2, 3, 64, 64)
+    feats = m.clip_features(x)
+    assert feats.shape == (2, 2, m.feature_dim)
+    m(x).sum().backward()
+    missing = [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+
+
+def test_channels_last_feature_maps_are_pooled_over_height_and_width():
+    torch.manual_seed(0)
+    m = create_model("cnn_lstm", num_classes=3, backbone="test_mambaout", hidden_size=8, feature_grid=2).eval()
+    assert m.feature_layout == "NHWC"
+    x = torch.randn(3, 3, 128, 128)
+    fmap = m.backbone.forward_features(x)  # (N, h, w, C)
+    assert fmap.shape[-1] == m.backbone.num_features and fmap.shape[1:3] == (4, 4)
+    # Reference: the quadrants of the map, averaged over height and width, through the head's layers.
+    quads = torch.stack([torch.stack([fmap[:, i:i + 2, j:j + 2].mean((1, 2)) for j in (0, 2)], 1) for i in (0, 2)], 1)
+    ref = m.backbone.forward_head(quads, pre_logits=True).permute(0, 3, 1, 2).flatten(1)
+    torch.testing.assert_close(m.frame_features(x), ref, rtol=1e-5, atol=1e-6)
+    nchw = torch.randn(2, 5, 7, 6)
+    torch.testing.assert_close(grid_cells(nchw.permute(0, 2, 3, 1), 3, channels_last=True),
+                               torch.nn.functional.adaptive_avg_pool2d(nchw, 3).permute(0, 2, 3, 1))
+
+
+def test_grid_features_of_a_conv_head_backbone_run_its_head_per_cell():
+    # MobileNetV3's conv_head (576 -> 1024) follows pooling: with a grid it runs on every cell.
+    torch.manual_seed(0)
+    m = create_model("cnn_lstm", num_classes=3, backbone="mobilenetv3_small_100", hidden_size=8, feature_grid=2).eval()
+    x = torch.randn(1, 2, 3, 64, 64)
+    assert m.feature_dim == m.clip_features(x).shape[-1] == 1024 * 4
+    fmap = m.backbone.forward_features(x.flatten(0, 1))
+    ref = m.backbone.forward_head(torch.nn.functional.adaptive_avg_pool2d(fmap, 2), pre_logits=True).flatten(1)
+    torch.testing.assert_close(m.clip_features(x).flatten(0, 1), ref, rtol=1e-5, atol=1e-6)

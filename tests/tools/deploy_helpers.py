@@ -43,9 +43,12 @@ TINY_MODEL = ["data.clip_len=4", "data.resize_short=40", "data.crop_size=32", "d
               "demo.stride=2", "demo.smooth=3", "demo.topk=3"]
 
 
-def write_tiny_checkpoint(path: Path, data_root: Path, *, seed: int = 0) -> Path:
-    """An untrained test_resnet + BiLSTM checkpoint in the format tools/train.py writes (no training: fast)."""
-    cfg = load_config(None, [f"data.root={data_root}", *TINY_MODEL])
+def write_tiny_checkpoint(path: Path, data_root: Path, *, seed: int = 0, overrides: tuple[str, ...] = ()) -> Path:
+    """An untrained test_resnet + BiLSTM checkpoint in the format tools/train.py writes (no training: fast).
+
+    ``overrides`` change the stored config (e.g. ``train.amp=fp16``: a checkpoint trained on a GPU).
+    """
+    cfg = load_config(None, [f"data.root={data_root}", *TINY_MODEL, *overrides])
     classes = list(load_split(data_root).classes)
     torch.manual_seed(seed)
     model = build.model_from(cfg, len(classes))

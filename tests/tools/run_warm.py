@@ -2,7 +2,7 @@
 
     python tests/tools/run_warm.py CASES.json
 
-``CASES.json`` holds a list of ``{"script", "argv", "cwd", "out"}``. Each case runs in a child
+``CASES.json`` holds a list of ``{"script", "argv", "cwd", "out"}`` (and optionally ``"timeout"``, seconds). Each case runs in a child
 forked from this process, exactly as ``python script *argv`` would run it (``runpy`` with
 ``run_name="__main__"``, a traceback and status 1 for an uncaught exception), with stdout and
 stderr in ``out.stdout`` / ``out.stderr`` and the exit status in ``out.rc``.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import runpy
+import signal
 import sys
 import traceback
 
@@ -30,6 +31,8 @@ import actionrec.engine.tracking  # noqa: F401
 
 
 def _child(case: dict) -> int:
+    if case.get("timeout"):
+        signal.alarm(int(case["timeout"]))  # a case that hangs is killed (exit status -14), not waited on
     for fd, suffix in ((1, ".stdout"), (2, ".stderr")):
         out = os.open(case["out"] + suffix, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(out, fd)

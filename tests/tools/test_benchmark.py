@@ -32,9 +32,12 @@ def test_benchmark_quick_all_subcommands(tmp_path):
     for fmt in ("xvid.avi", "h264.mp4"):
         for mode in ("segment", "dense"):
             assert by_bench[f"decode {fmt} {mode}"] == [
-                "naive OpenCV: decode all, pick", "VideoReader decord", "VideoReader pyav"]
+                "naive OpenCV: decode all, pick", "VideoReader auto (default)",
+                "VideoReader decord, unchecked (old default)", "VideoReader decord, self-check on first open",
+                "VideoReader pyav"]
     assert by_bench["loader"][:4] == [
         "naive OpenCV, 0 workers", "pipeline, 0 workers", "pipeline, 1 worker", "naive OpenCV, 1 workers"]
+    assert "pipeline, 0 workers, data.backend=decord" in by_bench["loader"]
     assert by_bench["quickstart"][0].startswith("quickstart training") and any("data wait" in v for v in by_bench["quickstart"])
     step = by_bench["train-step"]
     assert step[0] == "per-frame loop, fp32" and step[1].startswith("default: time folded into batch, amp=auto")

@@ -97,8 +97,8 @@ def runs(tmp_path_factory) -> dict:
         "missing_video": (train + common + [f"data.split_dir={lists['missing_video'][0]}"],
                           f"trainlist01.txt:{lists['missing_video'][1]}: video not found"),
         "missing_checkpoint": (train + common + ["--resume", str(tmp / "nope.pt")], f"checkpoint not found: {tmp / 'nope.pt'}"),
-        "malicious_resume": (train + common + ["--resume", str(evil)], f"{evil}: refused to load"),
-        "malicious_eval": ([sys.executable, str(REPO / "tools" / "eval.py"), str(evil)], f"{evil}: refused to load"),
+        "malicious_resume": (train + common + ["--resume", str(evil)], f"{evil}: refused: it holds code objects"),
+        "malicious_eval": ([sys.executable, str(REPO / "tools" / "eval.py"), str(evil)], f"{evil}: refused: it holds code objects"),
         "debug": (train + common + ["train.epoch=3", "--debug"], None),
     }
     spec = [{"script": cmd[1], "argv": cmd[2:], "cwd": str(tmp), "out": str(tmp / f"out-{name}")}
