@@ -251,7 +251,7 @@ def model_from_checkpoint(path: str | Path, overrides: tuple[str, ...] | list[st
         raise CheckpointError(f"{path}: incompatible checkpoint: {detail}") from None
     fc = ckpt["model"].get("head.fc.weight")
     if hasattr(fc, "shape") and fc.ndim == 2 and fc.shape[0] != len(classes):
-        raise CheckpointError(f"{path}: incompatible checkpoint: {len(classes)} class names but a "
-                              f"{fc.shape[0]}-way classifier")
+        raise CheckpointError(f"{path}: incompatible checkpoint: {len(classes)} class names, but its "
+                              f"classifier has {fc.shape[0]} outputs")
     load_weights(model, ckpt["model"], path)
     return cfg, model.eval(), classes

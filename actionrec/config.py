@@ -22,7 +22,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ConfigError(ValueError):
-    """A config key is unknown, has the wrong type, or holds an invalid value."""
+    """A config key is unknown, has the wrong type, or holds an invalid value.
+
+    The message is one line: newlines and other control characters from user text are escaped.
+    """
+
+    def __init__(self, message: str):
+        super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message)))
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,10 @@ class DatasetSplit:
 
 def _lines(path: Path) -> Iterable[tuple[int, str]]:
     """(1-based line number, stripped line) for non-blank lines; CRLF or LF."""
-    text = path.read_text(encoding="utf-8-sig")  # -sig: tolerate a BOM from Windows editors
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: tolerate a BOM from Windows editors
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a text file (byte {e.start} is not UTF-8)") from None
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if line:

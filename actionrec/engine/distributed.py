@@ -59,7 +59,7 @@ def _rank_expr(expr: str, local_rank: int, spec: str) -> int:
         raise ValueError
     try:
         return ev(ast.parse(expr.strip(), mode="eval"))
-    except (SyntaxError, ValueError, ZeroDivisionError):
+    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError, MemoryError):  # nesting too deep
         raise ValueError(
             f"device '{spec}': cannot evaluate '{{{expr}}}'; placeholders allow integer arithmetic "
             "(+ - * // %) over local_rank, e.g. 'cuda:{2*local_rank+1}'"

@@ -33,8 +33,9 @@ import torch
 from tests.tools.deploy_helpers import REPO, deploy_dataset, write_test_video, write_tiny_checkpoint  # noqa: F401 (fixture)
 
 LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR) ")
+# Tools that are not in this checkout yet (prune.py: structured pruning) join the sweep once they exist.
 TOOLS = {name: str(REPO / "tools" / f"{name}.py") for name in ("train", "eval", "demo", "export", "explain",
-                                                                "serve", "benchmark")}
+                                                                "serve", "prune", "benchmark")}
 PREP = {name: str(REPO / "data_prep" / f"{name}.py") for name in ("check_videos", "make_splits", "transcode")}
 
 
@@ -202,6 +203,8 @@ def checkpoint_runs(corpus) -> dict:
             cases[f"explain-{kind}"] = (TOOLS["explain"], [p, video, "--out", str(tmp / f"explain-{kind}")])
         if Path(TOOLS["serve"]).exists():
             cases[f"serve-{kind}"] = (TOOLS["serve"], [p, "--port", "0"])
+        if Path(TOOLS["prune"]).exists():
+            cases[f"prune-{kind}"] = (TOOLS["prune"], [p, "--flops", "0.5", "--out", str(tmp / f"prune-{kind}")])
     return _run_all(corpus, cases)
 
 
