@@ -115,7 +115,7 @@ def main(args: argparse.Namespace) -> dict:
     paths["head_int8"] = E.quantize_onnx_head(paths["head"], out / "head_int8.onnx")
     qmodel = E.quantize_head(model)
     write_meta(out, {
-        "class_names": classes, "clip_len": clip_len, "feature_dim": model.feature_dim,
+        "class_names": classes, "clip_len": clip_len, "feature_dim": model.feature_dim, "backbone": cfg.model.backbone,
         "preprocess": build.transform_kwargs(cfg.data),
         "demo": {"stride": cfg.demo.stride, "smooth": cfg.demo.smooth, "topk": cfg.demo.topk,
                  "frame_step": cfg.demo.frame_step},
