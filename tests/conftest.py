@@ -93,3 +93,18 @@ def train_tool():
     from tests.helpers import load_tool
 
     return load_tool("train")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch intra-op thread for the test (``pytestmark = pytest.mark.usefixtures(...)``).
+
+    Batch-1 frame passes and tiny models gain nothing from more threads; on a busy CI machine the
+    thread hand-offs cost far more than the work (measured 20 s vs 1 s for the streaming tests).
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

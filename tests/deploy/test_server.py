@@ -20,12 +20,8 @@ from actionrec.deploy.workers import WorkerPool
 from tests.tools.deploy_helpers import REPO, deploy_dataset, write_test_video, write_tiny_checkpoint  # noqa: F401
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Batch-1 passes are tiny: one intra-op thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Recorder:

@@ -17,14 +17,8 @@ from actionrec.deploy.streaming import StreamingClassifier, iter_frames, softmax
 from actionrec.models.factory import create_model
 from tests.tools.deploy_helpers import write_test_video
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # Batch-1 frame passes are tiny: with several intra-op threads on a busy CI machine, thread
-    # hand-offs cost far more than the work (measured 20 s vs 1 s for this file's video tests).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Batch-1 passes are tiny: one intra-op thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 PRE = dict(resize_short=40, crop_size=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))

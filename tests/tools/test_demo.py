@@ -15,13 +15,8 @@ from actionrec.engine.checkpoint import latest_checkpoint
 from tests.tools.deploy_helpers import count_frames, deploy_dataset, load_tool, write_test_video, write_tiny_checkpoint  # noqa: F401
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # Batch-1 frame passes are tiny: several intra-op threads on a busy machine cost more than the work.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Batch-1 passes are tiny: one intra-op thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,8 @@ from tests.tools.deploy_helpers import deploy_dataset, load_tool, write_test_vid
 GPU_TRAINED = ("train.amp=fp16", "train.device=cuda")  # what a V100 run of the UCF101 recipe stores
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Batch-1 passes are tiny: one intra-op thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

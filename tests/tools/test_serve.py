@@ -25,12 +25,8 @@ from tests.tools.deploy_helpers import REPO, deploy_dataset, load_tool, write_te
 LIMITS = ["--max-upload-mb", "1", "--max-seconds", "3", "--max-concurrency", "16", "--decode-timeout", "60"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Batch-1 passes are tiny: one intra-op thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
