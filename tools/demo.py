@@ -6,13 +6,16 @@
     python tools/demo.py rtsp://camera/stream --checkpoint runs/ucf101/best.pt
     python tools/demo.py video.mp4 --no-show --output annotated.mp4 --json preds.json
     python tools/demo.py video.mp4 --onnx runs/quickstart/export   # onnxruntime, no training stack
+    python tools/demo.py video.mp4 --explain --output explained.mp4  # Grad-CAM heatmap of the shown label
 
 Every sampled frame goes through the CNN once; the temporal head runs over the last clip_len
 features every --stride sampled frames, and the shown scores average the last --smooth windows.
 --frame-step N samples every Nth frame so that a window spans about as much time as a training
 clip (training clips are spread over whole videos): roughly typical video length / clip_len.
 Class names, preprocessing and defaults for stride/smooth/topk/frame-step come from the checkpoint
-(demo.* config keys) or the export's model.json. Press q in the window to quit.
+(demo.* config keys) or the export's model.json. --explain blends the Grad-CAM heatmap of the shown
+label (the newest frame, in the context of its window) into the view and the --output video: torch
+checkpoints only, one backward pass per sampled frame. Press q in the window to quit.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pathlib import Path
 import cv2
 
 from actionrec.deploy.backends import ModelFileError, TorchBackend, load_onnx_backend
-from actionrec.deploy.overlay import draw_overlay
+from actionrec.deploy.overlay import crop_box, draw_heatmap, draw_overlay
 from actionrec.deploy.sources import VideoSourceError, display_available, open_source
 from actionrec.deploy.streaming import FpsMeter, StreamingClassifier, iter_frames
 
@@ -51,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output", type=Path, default=None, help="write the annotated video here (.mp4 or .avi)")
     p.add_argument("--json", type=Path, default=None, help="write the prediction timeline here")
     p.add_argument("--no-show", action="store_true", help="no window (also automatic without a display)")
+    p.add_argument("--explain", action="store_true",
+                   help="overlay the Grad-CAM heatmap of the shown label (torch checkpoints; one backward per frame)")
     p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: until the source ends)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p.parse_args(argv)
@@ -58,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load_model(args: argparse.Namespace) -> tuple[object, dict]:
     """(backend, info) with info: class_names, clip_len, demo defaults, model (what was loaded)."""
+    if args.explain and (args.onnx is not None or args.int8):
+        raise ValueError("--explain needs the torch fp32 model (gradients): drop --onnx / --int8")
     if args.onnx is not None:
         backend, meta = load_onnx_backend(args.onnx, int8=args.int8, threads=args.threads)
         return backend, {"class_names": meta["class_names"], "clip_len": meta["clip_len"], "demo": meta["demo"],
@@ -80,9 +87,16 @@ def load_model(args: argparse.Namespace) -> tuple[object, dict]:
         model.place(device, device)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    backend = TorchBackend(model, build.eval_transforms_from(cfg.data)[0].frame)
+    preprocess = build.eval_transforms_from(cfg.data)[0].frame
+    if args.explain:
+        from actionrec.deploy.explain import GradCamBackend
+
+        backend = GradCamBackend(model, preprocess)
+    else:
+        backend = TorchBackend(model, preprocess)
     demo = {"stride": cfg.demo.stride, "smooth": cfg.demo.smooth, "topk": cfg.demo.topk, "frame_step": cfg.demo.frame_step}
-    return backend, {"class_names": classes, "clip_len": cfg.data.clip_len, "demo": demo, "model": str(path)}
+    return backend, {"class_names": classes, "clip_len": cfg.data.clip_len, "demo": demo, "model": str(path),
+                     "crop": {"resize_short": cfg.data.resize_short, "crop_size": cfg.data.crop_size}}
 
 
 def open_writer(path: Path, fps: float, size: tuple[int, int]) -> cv2.VideoWriter:
@@ -102,7 +116,7 @@ def main(args: argparse.Namespace) -> dict:
     source = open_source(args.source, webcam=args.webcam)
     show = not args.no_show and display_available()
     fps_src = source.fps if source.fps > 0 else 25.0
-    writer, meter, last, timeline = None, FpsMeter(), None, []
+    writer, meter, last, timeline, cam = None, FpsMeter(), None, [], None
     frames, t0 = 0, time.monotonic()
     print(f"{source.name}: model {info['model']} | clip_len {info['clip_len']} | "
           + " | ".join(f"{k} {v}" for k, v in demo.items()), file=sys.stderr)
@@ -116,7 +130,12 @@ def main(args: argparse.Namespace) -> dict:
                     # Files: time in the video; live sources: seconds since the demo started.
                     t = index / fps_src if not source.live else time.monotonic() - t0
                     timeline.append(pred.to_json(t))
+                if args.explain:  # the shown label's evidence in the newest frame
+                    shown = info["class_names"].index(last.topk[0][0]) if last else None
+                    cam = backend.newest_cam(clf.window()[0], shown)
             meter.tick()
+            if cam is not None:
+                frame = draw_heatmap(frame, cam, box=crop_box(*frame.shape[:2], **info["crop"]))
             draw_overlay(frame, last.topk if last else [], meter.fps,
                          note=f"dropped {source.dropped}" if source.live else "")
             if args.output is not None:
@@ -138,7 +157,8 @@ def main(args: argparse.Namespace) -> dict:
     result = {"source": source.name, "model": info["model"], "live": source.live, "fps": source.fps,
               "processing_fps": round(frames / elapsed, 2) if elapsed > 0 else None,
               "clip_len": info["clip_len"], **demo, "class_names": info["class_names"], "frames": frames,
-              "frames_encoded": backend.frames_encoded, "dropped": source.dropped, "predictions": timeline}
+              "frames_encoded": backend.frames_encoded, "dropped": source.dropped, "explain": args.explain,
+              "predictions": timeline}
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))

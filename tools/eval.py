@@ -7,7 +7,10 @@
 
 Softmax scores are averaged over a video's clips and crops. Writes top-1/top-5/mean class
 accuracy, per-class accuracy and the confusion matrix (JSON + PNG) next to the checkpoint
-(or to --out). Works under torchrun too: each rank evaluates a shard, every video counted once.
+(or to --out), and mistakes.png: the most confident wrong predictions (frames of each video's
+first clip, true and predicted class, score). Works under torchrun too: each rank evaluates a
+shard, every video counted once. The numbers and both pictures go to W&B as well, in the mode of
+the checkpoint's logging.wandb.mode (WANDB_MODE overrides; logging.wandb.mode=disabled: no W&B).
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from actionrec.config import config_to_dict
 from actionrec.data.loader import build_loader
 from actionrec.engine import distributed as D
 from actionrec.engine.loop import evaluate, resolve_amp, setup_amp
-from actionrec.engine.plots import plot_confusion
+from actionrec.engine.metrics import confident_mistakes
+from actionrec.engine.plots import plot_confusion, plot_mistakes
+from actionrec.engine.tracking import RunLogger, clip_to_uint8
 
 log = logging.getLogger("actionrec.eval")
 
@@ -39,8 +44,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], default="auto",
                    help="precision on that device; auto: bf16 on GPUs with native bf16, fp16 on older GPUs, fp32 on "
                         "CPUs without native bf16. The checkpoint's train.amp and train.device are not used")
+    p.add_argument("--mistakes", type=int, default=8, help="videos in mistakes.png (default: %(default)s)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p.parse_args(argv)
+
+
+def write_mistakes(ds, rep: dict, classes: list[str], cfg, path: Path, num: int) -> Path:
+    """Gallery of the ``num`` most confident mistakes: frames of each video's first view."""
+    strips, captions = [], []
+    for row, pred, score in confident_mistakes(rep["scores"], rep["labels"], num):
+        index = int(rep["indices"][row])
+        item = ds[index]  # re-decoded (as W&B's val_videos does) rather than every clip kept from evaluate
+        if item["clip"] is None:
+            continue
+        strips.append(clip_to_uint8(item["clip"][0], cfg.data.mean, cfg.data.std))  # first view (T, C, H, W)
+        captions.append(f"{Path(ds.paths[index]).name}: true {classes[int(rep['labels'][row])]}, "
+                        f"predicted {classes[pred]} ({score:.2f})")
+    wrong = int((rep["scores"].argmax(1) != rep["labels"]).sum()) if len(rep["labels"]) else 0
+    return plot_mistakes(strips, captions, path, title=f"most confident mistakes: {len(strips)} of {wrong} "
+                                                        f"wrong out of {rep['num_videos']} videos")
+
+
+def log_to_wandb(cfg, args, out: Path, rep: dict) -> None:
+    """An eval run in W&B (job_type eval): the metrics, the confusion matrix and the mistakes as images."""
+    kwargs = build.wandb_kwargs(cfg, out)
+    if kwargs is None:
+        return
+    kwargs.update(job_type="eval", name=f"{kwargs['name']}-eval", notes=f"{args.checkpoint} ({args.split} split)")
+    tracker = RunLogger(out, wandb_kwargs=kwargs)
+    tracker.log_pictures({"eval/confusion": (out / "confusion.png", args.checkpoint.name),
+                          "eval/mistakes": (out / "mistakes.png", "most confident mistakes")},
+                         metrics={f"eval/{k}": rep[k] for k in ("top1", "top5", "mean_class_acc", "loss")})
+    tracker.finish()
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -83,7 +118,9 @@ def main(args: argparse.Namespace) -> dict:
         if rep["failed"]:
             print(f"{len(rep['failed'])} videos could not be decoded and were left out: "
                   + ", ".join(p for p, _ in rep["failed"]))
-        print(f"wrote {out / 'metrics.json'} and {out / 'confusion.png'}")
+        write_mistakes(ds, rep, classes, cfg, out / "mistakes.png", args.mistakes)
+        log_to_wandb(cfg, args, out, rep)
+        print(f"wrote {out / 'metrics.json'}, {out / 'confusion.png'} and {out / 'mistakes.png'}")
     D.cleanup()
     return result
 

@@ -34,6 +34,15 @@ def draw_overlay(frame: np.ndarray, topk: Sequence[tuple[str, float]], fps: floa
     return frame
 
 
+def crop_box(height: int, width: int, *, resize_short: int, crop_size: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of the eval transform's centre crop in the source frame's pixels."""
+    scale = resize_short / min(height, width)
+    nh, nw = max(1, round(height * scale)), max(1, round(width * scale))
+    y, x = (nh - crop_size) // 2, (nw - crop_size) // 2
+    return (int(round(x / scale)), int(round(y / scale)),
+            int(round((x + crop_size) / scale)), int(round((y + crop_size) / scale)))
+
+
 def draw_heatmap(frame: np.ndarray, cam: np.ndarray, *, box: tuple[int, int, int, int] | None = None,
                  alpha: float = 0.6) -> np.ndarray:
     """Blend a heatmap in [0, 1] onto a BGR frame (a new array), inside ``box`` (x0, y0, x1, y1) or everywhere.

@@ -1,4 +1,4 @@
-"""Classification metrics over per-video scores: top-k, mean class accuracy, confusion matrix."""
+"""Classification metrics over per-video scores: top-k, mean class accuracy, confusion matrix, mistakes."""
 
 from __future__ import annotations
 
@@ -62,3 +62,22 @@ def classification_report(scores: np.ndarray, labels: np.ndarray, class_names: l
         "confusion": cm.tolist(),
         "num_videos": n,
     }
+
+
+def confident_mistakes(scores: np.ndarray, labels: np.ndarray, num: int) -> list[tuple[int, int, float]]:
+    """The ``num`` wrong predictions with the highest predicted-class score, most confident first.
+
+    Args:
+        scores: (N, K) per-video class scores; labels: (N,) true classes.
+
+    Returns:
+        (row, predicted class, its score) triples; ties keep row order.
+    """
+    scores = np.asarray(scores)
+    if not len(scores):
+        return []
+    preds = scores.argmax(1)
+    conf = scores[np.arange(len(preds)), preds]
+    wrong = np.flatnonzero(preds != np.asarray(labels))
+    order = wrong[np.argsort(-conf[wrong], kind="stable")][:num]
+    return [(int(r), int(preds[r]), float(conf[r])) for r in order]

@@ -63,6 +63,11 @@ def plot_confusion(confusion: list[list[int]] | np.ndarray, class_names: list[st
     return path
 
 
+def _printable(text: str) -> str:
+    """Text the font renderer takes: a non-UTF-8 file name (surrogate escapes) gets U+FFFD instead."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def class_colours(num_classes: int) -> np.ndarray:
     """(K, 4) RGBA, one fixed colour per class index (tab10 up to 10 classes, tab20 up to 20, then hsv)."""
     if num_classes <= 20:
@@ -124,7 +129,7 @@ def plot_gradcam_grid(
             ax.set_ylabel("attention", fontsize=9)
             if b == 0:
                 ax.legend(fontsize=7, loc="upper right", frameon=False)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(_printable(title), fontsize=10)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -157,7 +162,8 @@ def plot_timeline(
     path.parent.mkdir(parents=True, exist_ok=True)
     k, n = len(class_names), len(top_per_frame)
     colours = class_colours(k)
-    fig, (ax, bands) = plt.subplots(2, 1, figsize=(11, 4.6), sharex=True, gridspec_kw={"height_ratios": [4, 1], "hspace": 0.08})
+    fig, (ax, bands) = plt.subplots(2, 1, figsize=(11, 4.6), sharex=True,
+                                    gridspec_kw={"height_ratios": [4, 1], "hspace": 0.08})
     shown = []
     if len(probs):
         ever_top = [int(c) for c in np.unique(top_per_frame) if c >= 0]
@@ -166,12 +172,13 @@ def plot_timeline(
             if c not in shown and len(shown) < max_classes:
                 shown.append(c)
         for c in sorted(shown):
-            ax.plot(frames, probs[:, c], "-", drawstyle="steps-post", color=colours[c], label=class_names[c],
-                    lw=2.6 if c == highlight else 1.4)
+            ax.plot(frames, probs[:, c], "-", drawstyle="steps-post", color=colours[c],
+                    label=_printable(class_names[c]), lw=2.6 if c == highlight else 1.4)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.005, 1.0), frameon=False)
     else:
-        ax.text(0.5, 0.5, "no prediction: the video is shorter than the first window", ha="center", transform=ax.transAxes)
-    ax.set(ylabel="probability", ylim=(0, 1.02), xlim=(0, max(n, 1)), title=title)
+        ax.text(0.5, 0.5, "no prediction: the video is shorter than the first window", ha="center",
+                transform=ax.transAxes)
+    ax.set(ylabel="probability", ylim=(0, 1.02), xlim=(0, max(n, 1)), title=_printable(title))
     ax.grid(alpha=0.3)
     start = 0
     for f in range(1, n + 1):  # runs of the same top class
@@ -180,8 +187,8 @@ def plot_timeline(
             colour = colours[c] if c >= 0 else (0.85, 0.85, 0.85, 1.0)
             bands.broken_barh([(start, f - start)], (0, 1), facecolors=[colour], hatch="//" if c < 0 else None)
             if f - start >= 0.07 * n:
-                bands.text((start + f) / 2, 0.5, class_names[c] if c >= 0 else "warm-up", ha="center", va="center",
-                           fontsize=8, clip_on=True)
+                name = _printable(class_names[c]) if c >= 0 else "warm-up"
+                bands.text((start + f) / 2, 0.5, name, ha="center", va="center", fontsize=8, clip_on=True)
             start = f
     bands.set(yticks=[], xlabel="frame", ylim=(0, 1))
     bands.set_ylabel("top", rotation=0, ha="right", va="center", fontsize=9)
@@ -203,12 +210,12 @@ def plot_mistakes(strips: list[np.ndarray], captions: list[str], path: str | Pat
     for ax, strip, caption in zip(axes[:, 0], strips, captions):
         gap = np.full((strip.shape[1], max(2, strip.shape[2] // 16), 3), 255, np.uint8)
         ax.imshow(np.concatenate([x for f in strip for x in (f, gap)][:-1], axis=1))
-        ax.set_title(caption, fontsize=9, loc="left")
+        ax.set_title(_printable(caption), fontsize=9, loc="left")
         ax.axis("off")
     if not strips:
         axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=14)
         axes[0, 0].axis("off")
-    fig.suptitle(title or "most confident mistakes", fontsize=10)
+    fig.suptitle(_printable(title or "most confident mistakes"), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -38,9 +38,10 @@ def deploy_dataset(tmp_path_factory) -> Path:
 
 
 # feature_grid=2 as in configs/quickstart.yaml, so export and demo are tested with grid pooling.
+# W&B off: tools/eval.py and tools/explain.py log to W&B in the checkpoint's mode (tests that want it override).
 TINY_MODEL = ["data.clip_len=4", "data.resize_short=40", "data.crop_size=32", "data.num_workers=0",
               "model.backbone=test_resnet", "model.feature_grid=2", "model.hidden_size=16", "eval.batch_size=4", "train.device=cpu",
-              "demo.stride=2", "demo.smooth=3", "demo.topk=3"]
+              "demo.stride=2", "demo.smooth=3", "demo.topk=3", "logging.wandb.mode=disabled"]
 
 
 def write_tiny_checkpoint(path: Path, data_root: Path, *, seed: int = 0, overrides: tuple[str, ...] = ()) -> Path:

@@ -143,3 +143,27 @@ def test_clear_one_line_errors(demo, ckpt, video, tmp_path, capfd):
     assert "incompatible checkpoint" in _error(demo, capfd, [str(video), "--checkpoint", str(tmp_path / "wrong.pt")])
     assert "no best.pt under" in _error(demo, capfd, [str(video), "--runs", str(tmp_path / "empty")])
     assert "no model.json" in _error(demo, capfd, [str(video), "--onnx", str(tmp_path)])
+
+
+def test_explain_blends_the_heatmap_into_the_model_view_only(demo, ckpt, tmp_path, capfd):
+    import cv2
+
+    video = write_test_video(tmp_path / "big.mp4", num_frames=8, width=320, height=240)
+    plain, heat = tmp_path / "plain.mp4", tmp_path / "heat.mp4"
+    ref = demo.cli([str(video), "--checkpoint", str(ckpt), "--no-show", "--output", str(plain)])
+    res = demo.cli([str(video), "--checkpoint", str(ckpt), "--no-show", "--output", str(heat), "--explain"])
+    assert res["explain"] and not ref["explain"] and count_frames(heat) == (8, (320, 240))
+    # Same labels: the explaining backend computes the same features, with gradients kept.
+    for a, b in zip(ref["predictions"], res["predictions"], strict=True):
+        assert [t["label"] for t in a["topk"]] == [t["label"] for t in b["topk"]]
+        assert [t["prob"] for t in a["topk"]] == pytest.approx([t["prob"] for t in b["topk"]], abs=1e-4)
+    a, b = cv2.VideoCapture(str(plain)), cv2.VideoCapture(str(heat))
+    diffs = [np.abs(a.read()[1].astype(int) - b.read()[1].astype(int)) for _ in range(8)]
+    # The model sees the centre crop (short side 240 -> 40, crop 32: source box x 60-252, y 24-216);
+    # the heatmap covers exactly that, below the text box (top-left, ~64 px high) and nowhere else.
+    inside = [d[70:210, 70:245].mean() for d in diffs]
+    outside = [max(d[70:, :44].mean(), d[70:, 268:].mean(), d[220:, :].mean()) for d in diffs]
+    assert min(inside) > 5 and max(outside) < 3, (inside, outside)
+    with pytest.raises(SystemExit):
+        demo.cli([str(video), "--onnx", str(tmp_path), "--explain", "--no-show"])
+    assert "--explain needs the torch fp32 model" in capfd.readouterr().err

@@ -43,3 +43,20 @@ def test_fp16_checkpoint_runs_in_demo_and_export_loader_on_cpu(fp16_ckpt, tmp_pa
     video = write_test_video(tmp_path / "grow.mp4", num_frames=8)
     res = demo.cli([str(video), "--checkpoint", str(fp16_ckpt), "--no-show", "--device", "cpu", "--max-frames", "4"])
     assert res["frames"] == 4 and res["predictions"]
+
+
+def test_eval_writes_a_gallery_of_the_most_confident_mistakes(deploy_dataset, tmp_path):
+    import cv2
+    import numpy as np
+
+    ckpt = write_tiny_checkpoint(tmp_path / "runs" / "tiny" / "best.pt", deploy_dataset)  # untrained: mostly wrong
+    tool = load_tool("eval")
+    out = tmp_path / "eval"
+    res = tool.main(tool.parse_args([str(ckpt), "eval.num_clips=1", "--out", str(out), "--mistakes", "3"]))
+    wrong = res["num_videos"] - int(np.trace(np.asarray(res["confusion"])))
+    assert wrong >= 3
+    img = cv2.imread(str(out / "mistakes.png"))
+    assert img is not None and img.std() > 20  # decodes, not a blank page
+    assert 3 * 150 <= img.shape[0] < 4 * 170 + 60  # one 1.7-inch row (at 100 dpi) per mistake, 3 asked
+    assert (out / "confusion.png").is_file()
+    assert not (out / "wandb").exists()  # the checkpoint's logging.wandb.mode=disabled
