@@ -95,6 +95,15 @@ def train_tool():
     return load_tool("train")
 
 
+def _torch_threads(n: int):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def one_torch_thread():
     """One torch intra-op thread for the test (``pytestmark = pytest.mark.usefixtures(...)``).
@@ -102,9 +111,10 @@ def one_torch_thread():
     Batch-1 frame passes and tiny models gain nothing from more threads; on a busy CI machine the
     thread hand-offs cost far more than the work (measured 20 s vs 1 s for the streaming tests).
     """
-    import torch
+    yield from _torch_threads(1)
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
+@pytest.fixture
+def two_torch_threads():
+    """Two torch threads: the explain tests' brief training and 128 px Grad-CAM passes use both cores."""
+    yield from _torch_threads(2)

@@ -151,7 +151,7 @@ def _decode_into(path: str, sample_count: int, out: dict) -> None:
         stream.thread_count = 1  # one process per file already uses the cores
         out["fps"] = float(stream.average_rate or stream.guessed_rate or 0) or None
         try:
-            frames, header = pyav_frame_count(container, stream)
+            frames, header, _ = pyav_frame_count(container, stream)  # damage is found by the decode below
         except av.error.FFmpegError as e:
             frames, header, out["error"] = 0, None, _first_line(e, path)
         container.seek(0)

@@ -223,8 +223,9 @@ class _DecordSource:
             self._link_dir = None
 
 
-def pyav_frame_count(container, stream) -> tuple[int, int | None]:
-    """(frames a sequential decode yields, frames the header declares or None); demuxes, no decoding.
+def pyav_frame_count(container, stream) -> tuple[int, int | None, int | None]:
+    """(frames a sequential decode yields, frames the header declares or None, decode-order number of
+    the first packet the demuxer marks damaged or None); demuxes, no decoding.
 
     Counts packets from the first key frame on, leaving out leading pictures shown before it (a
     stream cut mid-GOP: they reference the missing previous GOP and do not decode) and packets the
@@ -234,8 +235,10 @@ def pyav_frame_count(container, stream) -> tuple[int, int | None]:
     """
     formats = set(container.format.name.split(","))
     declared = int(stream.frames) if formats & _HEADER_COUNT_FORMATS and 0 < stream.frames < 2**31 else None
-    key_pts, n = None, 0
-    for p in container.demux(stream):
+    key_pts, n, damaged = None, 0, None
+    for number, p in enumerate(container.demux(stream)):
+        if p.is_corrupt and damaged is None:
+            damaged = number
         if not p.size or p.is_corrupt:
             continue
         if key_pts is None:
@@ -244,7 +247,7 @@ def pyav_frame_count(container, stream) -> tuple[int, int | None]:
             key_pts = p.pts if p.pts is not None else -(2**62)
         if p.pts is None or p.pts >= key_pts:
             n += 1
-    return n, declared
+    return n, declared, damaged
 
 
 class _PyAVSource:
@@ -255,7 +258,7 @@ class _PyAVSource:
         self.errors, self._container, self._frames = (av.error.FFmpegError,), None, None
         self._open()
         self.fps = float(self._stream.average_rate or self._stream.guessed_rate or 0)
-        self.num_frames, self.declared = pyav_frame_count(self._container, self._stream)
+        self.num_frames, self.declared, self.first_damaged = pyav_frame_count(self._container, self._stream)
         self._open()
 
     def _open(self) -> None:
@@ -279,14 +282,6 @@ class _PyAVSource:
                 if frame.is_corrupt:
                     return
                 yield frame
-
-    def first_damaged_packet(self) -> int | None:
-        """Decode-order number of the first packet the demuxer marks damaged; demuxes, no decoding."""
-        self._open()
-        try:
-            return next((n for n, p in enumerate(self._container.demux(self._stream)) if p.is_corrupt), None)
-        finally:
-            self._open()
 
     def seq_read(self, idx: Sequence[int]) -> list[np.ndarray]:
         if not idx or not 0 <= self._pos <= idx[0]:
@@ -529,9 +524,8 @@ class VideoReader:
         """What differs between this reader's source and PyAV's decode ("" for nothing)."""
         if ref.num_frames != self._src.num_frames:
             return f"{self.backend} counts {self._src.num_frames} frames, PyAV decodes {ref.num_frames}"
-        damaged = ref.first_damaged_packet()
-        if damaged is not None:  # only PyAV stops before a partial frame; the others return it as whole
-            return f"packet {damaged} is damaged (file cut short?)"
+        if ref.first_damaged is not None:  # only PyAV stops before a partial frame; the others return it as whole
+            return f"packet {ref.first_damaged} is damaged (file cut short?)"
         idx = list(range(min(VERIFY_FRAMES, ref.num_frames)))
         try:
             want = ref.seq_read(idx)

@@ -16,12 +16,7 @@ from actionrec.models.factory import create_model
 from tests.deploy.explain_helpers import BLUE, RED, model_config, normalise, square_clip, train_briefly, write_video
 
 
-@pytest.fixture(autouse=True)
-def two_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("two_torch_threads")  # tests/conftest.py
 
 
 def tiny(backbone: str, num_classes: int = 2, **kw) -> torch.nn.Module:

@@ -27,12 +27,7 @@ SAMPLED = [1, 4, 7, 10, 13, 16, 19, 22]  # eval sampling of a 24-frame video: th
 EVENT = range(9, 15)  # the event's source frames: sampled positions 3 and 4 (frames 10 and 13)
 
 
-@pytest.fixture(autouse=True)
-def two_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("two_torch_threads")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
