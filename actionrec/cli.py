@@ -8,26 +8,29 @@ import logging
 import sys
 from pathlib import Path
 
-from actionrec.config import ConfigError
-from actionrec.data.dataset import TooManyBadVideos
-from actionrec.data.loader import LoaderStalled
-from actionrec.data.video_io import VideoDecodeError
-from actionrec.engine.checkpoint import CheckpointError
-from actionrec.engine.loop import NonFiniteLossError
+from actionrec.errors import UserError
 
 # Errors a user can fix from the message alone: shown as one line, no traceback (--debug shows it).
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError,
-    FileNotFoundError,
-    NotADirectoryError,
-    ValueError,
-    PermissionError,
-    CheckpointError,
-    VideoDecodeError,
-    NonFiniteLossError,
-    TooManyBadVideos,
-    LoaderStalled,
-)
+# A plain ValueError or KeyError is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+# User errors that do not derive from UserError yet (module: class). Looked up only in modules
+# already imported (an error of a module never imported cannot occur), so that this module, and
+# the data_prep commands with it, do not import torch. Drop an entry once its class derives from
+# UserError.
+_NOT_YET_USER_ERRORS = {
+    "actionrec.config": "ConfigError",
+    "actionrec.data.dataset": "TooManyBadVideos",
+    "actionrec.data.loader": "LoaderStalled",
+    "actionrec.engine.loop": "NonFiniteLossError",
+}
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """``USER_ERRORS`` plus the user errors of ``_NOT_YET_USER_ERRORS`` that can occur now."""
+    pending = tuple(getattr(sys.modules[module], name) for module, name in _NOT_YET_USER_ERRORS.items()
+                    if module in sys.modules)
+    return USER_ERRORS + pending
 
 
 def setup_logging(log_file: Path | None = None, *, main: bool = True) -> None:
@@ -43,6 +46,12 @@ def setup_logging(log_file: Path | None = None, *, main: bool = True) -> None:
         handlers=handlers,
         force=True,
     )
+
+
+def print_raw_file_names() -> None:
+    """Print file names that are not UTF-8 (Python holds them surrogate-escaped) as their original bytes."""
+    sys.stdout.reconfigure(errors="surrogateescape")
+    sys.stderr.reconfigure(errors="surrogateescape")
 
 
 # A write that fails for these reasons is the machine's state, not a bug: one line, no traceback.
@@ -67,7 +76,7 @@ def exit_on_error(debug: bool = False, extra: tuple[type[BaseException], ...] = 
     """Turn expected errors into ``error: <message>`` on stderr and exit status 2."""
     try:
         yield
-    except USER_ERRORS + extra as e:
+    except user_errors() + extra as e:
         if debug:
             raise
         print(f"error: {e}", file=sys.stderr)

@@ -36,3 +36,18 @@ def tiny_overrides(root: Path, out_dir: Path) -> list[str]:
         "eval.batch_size=4",
         "logging.wandb.mode=disabled",
     ]
+
+
+def long_functions(limit: int = 80, folders: tuple[str, ...] = ("actionrec", "tools", "data_prep")) -> dict[str, int]:
+    """``"path:function": lines`` for every function (or method) of more than ``limit`` lines under ``folders``."""
+    import ast
+
+    found = {}
+    for folder in folders:
+        for path in sorted((REPO / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    lines = node.end_lineno - node.lineno + 1
+                    if lines > limit:
+                        found[f"{path.relative_to(REPO).as_posix()}:{node.name}"] = lines
+    return found

@@ -38,7 +38,6 @@ import csv
 import json
 import os
 import posixpath
-import re
 import shutil
 import time
 import zlib
@@ -48,12 +47,19 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from actionrec.data.splits import CLASS_INDEX_NAME, SPLIT_DIR_NAMES, VIDEO_EXTENSIONS, find_split_dir
+from actionrec.data.splits import (
+    CLASS_INDEX_NAME,
+    SPLIT_DIR_NAMES,
+    SPLIT_LIST_FILE,
+    VIDEO_EXTENSIONS,
+    find_split_dir,
+    parse_list_line,
+)
 from actionrec.data.video_io import VideoDecodeError, VideoReader, pyav_frame_count
+from actionrec.errors import UsageError, first_line
 
 STATUSES = ("unreadable", "zero_frames", "truncated", "seek_unreliable", "too_short", "ok")
 BAD_STATUSES = ("unreadable", "zero_frames", "truncated")
-_SPLIT_LIST = re.compile(r"^(train|test)list\d+\.txt$")
 
 
 @dataclass(frozen=True)
@@ -85,14 +91,6 @@ class VideoCheck:
     @property
     def bad(self) -> bool:
         return self.status in BAD_STATUSES
-
-
-def _first_line(err: BaseException, path: str = "") -> str:
-    text = str(err).strip().splitlines()
-    line = text[0] if text else ""
-    if path and line.endswith(f": '{path}'"):  # FFmpeg errors repeat the path the report already names
-        line = line[: -len(f": '{path}'")]
-    return f"{type(err).__name__}: {line}"
 
 
 def _sample_indices(path: str, num_frames: int, count: int) -> list[int]:
@@ -140,7 +138,7 @@ def _decode_into(path: str, sample_count: int, out: dict) -> None:
     try:
         container = av.open(path)
     except av.error.FFmpegError as e:
-        out["open_error"] = _first_line(e, path)
+        out["open_error"] = first_line(e, path)
         return
     with container:
         if not container.streams.video:
@@ -153,7 +151,7 @@ def _decode_into(path: str, sample_count: int, out: dict) -> None:
         try:
             frames, header, _ = pyav_frame_count(container, stream)  # damage is found by the decode below
         except av.error.FFmpegError as e:
-            frames, header, out["error"] = 0, None, _first_line(e, path)
+            frames, header, out["error"] = 0, None, first_line(e, path)
         container.seek(0)
         # MKV/WebM/MPEG-PS/TS headers carry no count. A header can also overstate an intact file
         # (FFmpeg's libxvid with packed B-frames declares 96 frames and writes 94 packets).
@@ -173,7 +171,7 @@ def _decode_into(path: str, sample_count: int, out: dict) -> None:
                         out["frames"][n] = frame.to_ndarray(format="rgb24")
                     n += 1
         except av.error.FFmpegError as e:
-            out["error"] = _first_line(e, path)
+            out["error"] = first_line(e, path)
         out["decoded"] = n
 
 
@@ -213,26 +211,38 @@ def check_video(
     """
     path = os.fspath(path)
     t0 = time.monotonic()
+    ref: dict = {}
+    found = _file_problem(path)
+    if found is None:
+        ref = _reference_decode(path, seek_samples)
+        found = _decode_problem(path, ref) or _training_read_problem(path, ref, backend, seek)
+    if found is None:
+        span = (clip_len - 1) * frame_interval + 1
+        found = ("ok", "")
+        if ref["decoded"] < span:
+            found = ("too_short", f"{ref['decoded']} frames < {span} spanned by one clip "
+                                  f"(clip_len={clip_len}, frame_interval={frame_interval}); sampling loops it")
+    status, reason = found
+    return VideoCheck(path, status, reason, ref.get("declared"), ref.get("decoded"), ref.get("fps"),
+                      ref.get("width"), ref.get("height"), round(time.monotonic() - t0, 3), ref.get("message", ""))
 
-    def result(status: str, reason: str = "", ref: dict | None = None) -> VideoCheck:
-        ref = ref or {}
-        return VideoCheck(path, status, reason, ref.get("declared"), ref.get("decoded"), ref.get("fps"),
-                          ref.get("width"), ref.get("height"), round(time.monotonic() - t0, 3),
-                          ref.get("message", ""))
 
+def _file_problem(path: str) -> tuple[str, str] | None:
     if not os.path.isfile(path):
-        return result("unreadable", "not a regular file" if os.path.exists(path) else "file not found")
+        return "unreadable", "not a regular file" if os.path.exists(path) else "file not found"
     if os.path.getsize(path) == 0:
-        return result("unreadable", "empty file (0 bytes)")
+        return "unreadable", "empty file (0 bytes)"
+    return None
 
-    ref = _reference_decode(path, seek_samples)
+
+def _decode_problem(path: str, ref: dict) -> tuple[str, str] | None:
+    """unreadable, zero_frames or truncated from the reference decode; None when it read every frame."""
     if "open_error" in ref:
-        return result("unreadable", ref["open_error"], ref)
+        return "unreadable", ref["open_error"]
     declared, decoded = ref["declared"], ref["decoded"]
     if decoded == 0:
         why = f"header says {declared} frames, none decodes" if declared else "no frames in the file"
-        return result("zero_frames", why + (f" ({ref['error']})" if ref["error"] else ""), ref)
-
+        return "zero_frames", why + (f" ({ref['error']})" if ref["error"] else "")
     problem = ""
     if ref.get("damaged") is not None or decoded < ref["packets"] or _riff_cut(path):
         problem = f"header says {declared} frames, only {decoded} decode"
@@ -240,10 +250,16 @@ def check_video(
         problem = problem or f"a damaged packet after {ref['damaged']} frames (file cut short?)"
     if ref["error"]:
         problem = (problem + "; " if problem else f"decoding stops after {decoded} frames: ") + ref["error"]
-    if problem:
-        return result("truncated", problem, ref)
+    return ("truncated", problem) if problem else None
 
-    # The training read: the same frames through the configured backend, seek policy and self-check.
+
+def _training_read_problem(path: str, ref: dict, backend: str, seek: str) -> tuple[str, str] | None:
+    """unreadable or seek_unreliable when the training read differs from the reference; else None.
+
+    The training read: the same frames through the configured backend, seek policy and self-check;
+    then, for decord, forced random access.
+    """
+    decoded = ref["decoded"]
     sample = [i for i in ref["sample"] if i < decoded] or [0]
     try:
         with VideoReader(path, backend=backend, seek=seek) as reader:
@@ -251,32 +267,25 @@ def check_video(
             got, used, fallback = reader.get_frames(sample), reader.backend, reader.fallback
     except (VideoDecodeError, IndexError) as e:  # PyAV decoded every frame above, so this is a bug
         reason = e.reason if isinstance(e, VideoDecodeError) else str(e)
-        return result("unreadable", f"{backend}: {reason} although PyAV decodes all {decoded} frames", ref)
+        return "unreadable", f"{backend}: {reason} although PyAV decodes all {decoded} frames"
     wrong = _mismatches(got, sample, ref["frames"])
     if wrong:  # the self-check compares only the first frames
-        return result("seek_unreliable", f"{used} (seek={seek}) returns other frames at {wrong[:5]}; "
-                                         "data.backend=auto reads it exactly (PyAV)", ref)
+        return "seek_unreliable", (f"{used} (seek={seek}) returns other frames at {wrong[:5]}; "
+                                   "data.backend=auto reads it exactly (PyAV)")
     if fallback:
-        return result("seek_unreliable", f"{backend}: {fallback}; the reader uses PyAV for it, as "
-                                         "data.backend=auto does: exact", ref)
-
-    if backend in ("auto", "decord") and seek != "always":
-        try:
-            with VideoReader(path, backend="decord", seek="always", verify=False) as reader:
-                got = reader.get_frames(sample)
-            wrong = _mismatches(got, sample, ref["frames"])
-            if wrong:
-                return result("seek_unreliable", f"random access returns other frames at indices {wrong[:5]} "
-                                                 f"of {sample}; data.backend=auto reads it exactly", ref)
-        except (VideoDecodeError, IndexError) as e:
-            return result("seek_unreliable", f"random access fails: {getattr(e, 'reason', e)}; "
-                                             "data.backend=auto reads it exactly", ref)
-
-    span = (clip_len - 1) * frame_interval + 1
-    if decoded < span:
-        return result("too_short", f"{decoded} frames < {span} spanned by one clip "
-                                   f"(clip_len={clip_len}, frame_interval={frame_interval}); sampling loops it", ref)
-    return result("ok", "", ref)
+        return "seek_unreliable", f"{backend}: {fallback}; the reader uses PyAV for it, as data.backend=auto does: exact"
+    if backend not in ("auto", "decord") or seek == "always":
+        return None
+    try:
+        with VideoReader(path, backend="decord", seek="always", verify=False) as reader:
+            got = reader.get_frames(sample)
+    except (VideoDecodeError, IndexError) as e:
+        return "seek_unreliable", f"random access fails: {getattr(e, 'reason', e)}; data.backend=auto reads it exactly"
+    wrong = _mismatches(got, sample, ref["frames"])
+    if wrong:
+        return "seek_unreliable", (f"random access returns other frames at indices {wrong[:5]} "
+                                   f"of {sample}; data.backend=auto reads it exactly")
+    return None
 
 
 def find_videos(root: str | os.PathLike) -> tuple[list[Path], list[Path]]:
@@ -343,18 +352,9 @@ def write_report(results: Sequence[VideoCheck], path: str | os.PathLike, *, sett
     return path
 
 
-def _parse_list_line(line: str) -> tuple[str, str | None, str]:
-    """Split a split-list line into (path part, label or None, line ending)."""
-    body = line.rstrip("\r\n")
-    parts = body.strip().rsplit(None, 1)
-    if len(parts) == 2 and parts[1].lstrip("+-").isdigit():
-        return parts[0], parts[1], line[len(body):]
-    return body.strip(), None, line[len(body):]
-
-
 def _split_entry(line: str) -> str:
     """The path of a split-list line ("Class/v.avi" or "Class/v.avi 3"), normalised."""
-    return posixpath.normpath(_parse_list_line(line)[0].replace("\\", "/"))
+    return posixpath.normpath(parse_list_line(line)[0].replace("\\", "/"))
 
 
 def rewrite_split_lists(src_dir: Path, dst_dir: Path, *, drop: set[str] = frozenset(),
@@ -374,7 +374,7 @@ def rewrite_split_lists(src_dir: Path, dst_dir: Path, *, drop: set[str] = frozen
     for src in sorted(p for p in src_dir.iterdir() if p.is_file()):
         if src.name == CLASS_INDEX_NAME and src_dir != dst_dir:
             shutil.copy2(src, dst_dir / src.name)
-        if not _SPLIT_LIST.match(src.name):
+        if not SPLIT_LIST_FILE.match(src.name):
             continue
         out, n = [], 0
         for line in src.read_text(encoding="utf-8-sig").splitlines(keepends=True):
@@ -384,7 +384,7 @@ def rewrite_split_lists(src_dir: Path, dst_dir: Path, *, drop: set[str] = frozen
             if _split_entry(line) in drop:
                 n += 1
                 continue
-            path_part, label, ending = _parse_list_line(line)
+            path_part, label, ending = parse_list_line(line)
             stem, ext = posixpath.splitext(path_part)
             if rename_ext and ext.lower() in VIDEO_EXTENSIONS:
                 line = stem + rename_ext + (f" {label}" if label is not None else "") + ending
@@ -412,15 +412,15 @@ def quarantine(root: str | os.PathLike, results: Iterable[VideoCheck], dest: str
         (moved relative paths, dropped split-list lines per list file).
 
     Raises:
-        ValueError: ``dest`` is inside ``root``, or a target file already exists there.
+        UsageError: ``dest`` is inside ``root``, or a target file already exists there.
     """
     root, dest = Path(root).absolute(), Path(dest).absolute()
     if dest == root or root in dest.parents:
-        raise ValueError(f"quarantine folder {dest} must be outside the dataset root {root}")
+        raise UsageError(f"quarantine folder {dest} must be outside the dataset root {root}")
     moving = [r.path for r in results if r.status in statuses]
     for rel in moving:
         if (dest / rel).exists():
-            raise ValueError(f"{dest / rel} already exists; empty the quarantine folder or pick another")
+            raise UsageError(f"{dest / rel} already exists; empty the quarantine folder or pick another")
     for rel in moving:
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(root / rel), str(dest / rel))
@@ -439,7 +439,7 @@ def quarantine(root: str | os.PathLike, results: Iterable[VideoCheck], dest: str
 
 def _count_entries(split_dir: Path, entries: set[str]) -> dict[str, int]:
     counts = {}
-    for f in (p for p in split_dir.iterdir() if _SPLIT_LIST.match(p.name)):
+    for f in (p for p in split_dir.iterdir() if SPLIT_LIST_FILE.match(p.name)):
         lines = f.read_text(encoding="utf-8-sig").splitlines()
         counts[f.name] = sum(1 for line in lines if line.strip() and _split_entry(line) in entries)
     return counts

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any, Callable, Iterable, Iterator
 
+from actionrec.errors import first_line
+
 
 @dataclass(frozen=True)
 class TaskResult:
@@ -50,8 +52,7 @@ def _worker(fn: Callable, conn) -> None:
         try:
             conn.send((True, fn(item)))
         except Exception as e:  # noqa: BLE001 - reported to the parent as this item's error
-            text = str(e).strip().splitlines()
-            conn.send((False, f"{type(e).__name__}: {text[0] if text else ''}"))
+            conn.send((False, first_line(e)))
 
 
 class _Slot:
@@ -67,6 +68,27 @@ class _Slot:
     def give(self, item: Any) -> None:
         self.item, self.busy, self.started = item, True, time.monotonic()
         self.conn.send(item)
+
+    def collect(self, now: float, timeout: float | None) -> tuple[TaskResult | None, str | None]:
+        """The busy slot's outcome, if there is one yet: (result, failure).
+
+        A reply gives the item's result and failure None. A dead worker gives the error "worker
+        killed by SIGSEGV" (or its exit status) and failure 'crash'; an item running ``timeout``
+        seconds or more gives "timed out after N s" and 'timeout'. Either failure means the worker
+        must be replaced. (None, None) while the item still runs.
+        """
+        if self.conn.poll():
+            try:
+                ok, value = self.conn.recv()
+                return TaskResult(self.item, value if ok else None, None if ok else value, now - self.started), None
+            except (EOFError, OSError):
+                pass  # died mid-send: handled as a crash below
+        if not self.proc.is_alive():
+            self.proc.join()
+            return TaskResult(self.item, None, f"worker {_describe_exit(self.proc.exitcode)}", now - self.started), "crash"
+        if timeout is not None and now - self.started >= timeout:
+            return TaskResult(self.item, None, f"timed out after {timeout:g} s", now - self.started), "timeout"
+        return None, None
 
     def stop(self, kill: bool = False) -> None:
         if kill:
@@ -113,8 +135,7 @@ def map_unordered(
             try:
                 yield TaskResult(item, fn(item), None, time.monotonic() - t0)
             except Exception as e:  # noqa: BLE001 - same contract as the worker path
-                text = str(e).strip().splitlines()
-                yield TaskResult(item, None, f"{type(e).__name__}: {text[0] if text else ''}", time.monotonic() - t0)
+                yield TaskResult(item, None, first_line(e), time.monotonic() - t0)
         return
 
     ctx = mp.get_context(start_method)
@@ -133,24 +154,12 @@ def map_unordered(
             for i, slot in enumerate(slots):
                 if not slot.busy:
                     continue
-                result = None
-                if slot.conn.poll():
-                    try:
-                        ok, value = slot.conn.recv()
-                        result = TaskResult(slot.item, value if ok else None, None if ok else value, now - slot.started)
-                    except (EOFError, OSError):
-                        pass  # died mid-send: handled as a crash below
-                if result is None and not slot.proc.is_alive():
-                    slot.proc.join()
-                    result = TaskResult(slot.item, None, f"worker {_describe_exit(slot.proc.exitcode)}", now - slot.started)
-                    slot.stop(kill=True)
-                    slots[i] = slot = _Slot(ctx, fn)
-                elif result is None and timeout is not None and now - slot.started >= timeout:
-                    result = TaskResult(slot.item, None, f"timed out after {timeout:g} s", now - slot.started)
-                    slot.stop(kill=True)
-                    slots[i] = slot = _Slot(ctx, fn)
+                result, failure = slot.collect(now, timeout)
                 if result is None:
                     continue
+                if failure:
+                    slot.stop(kill=True)
+                    slots[i] = slot = _Slot(ctx, fn)
                 slot.busy = False
                 if todo:
                     slot.give(todo.popleft())

@@ -23,6 +23,8 @@ from pathlib import Path, PureWindowsPath
 
 import numpy as np
 
+from actionrec.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".m4v", ".flv", ".wmv", ".3gp", ".ogv")
@@ -32,7 +34,11 @@ CLASS_INDEX_NAME = "classInd.txt"
 # UCF101 names videos v_<Class>_g<group>_c<clip>; the class part can differ in case
 # from the folder (HandstandPushups/v_HandStandPushups_...), so it is not checked.
 _UCF_NAME = re.compile(r"^v_(?P<cls>.+)_(?P<group>g\d+)_(?P<clip>c\d+)\.[A-Za-z0-9]+$")
-_SPLIT_FILE = re.compile(r"^(train|test)list\d+\.txt$")
+SPLIT_LIST_FILE = re.compile(r"^(train|test)list\d+\.txt$")
+
+
+class SplitError(UserError, ValueError):
+    """A class index, split list or dataset folder that cannot be used; the message names file and line."""
 
 
 @dataclass(frozen=True)
@@ -68,11 +74,23 @@ def _lines(path: Path) -> Iterable[tuple[int, str]]:
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: tolerate a BOM from Windows editors
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not a text file (byte {e.start} is not UTF-8)") from None
+        raise SplitError(f"{path}: not a text file (byte {e.start} is not UTF-8)") from None
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if line:
             yield number, line
+
+
+def parse_list_line(line: str) -> tuple[str, str | None, str]:
+    """Split a split-list line into (path part, label text or None, line ending).
+
+    "Class/v.avi 3\r\n" gives ("Class/v.avi", "3", "\r\n"); a line without a label gives None.
+    """
+    body = line.rstrip("\r\n")
+    parts = body.strip().rsplit(None, 1)
+    if len(parts) == 2 and parts[1].lstrip("+-").isdigit():
+        return parts[0], parts[1], line[len(body):]
+    return body.strip(), None, line[len(body):]
 
 
 def read_class_index(path: str | Path) -> tuple[str, ...]:
@@ -85,7 +103,7 @@ def read_class_index(path: str | Path) -> tuple[str, ...]:
         Class names ordered by index, so position i holds label i (0-based).
 
     Raises:
-        ValueError: A malformed line, a repeated index or name, or indices that
+        SplitError: A malformed line, a repeated index or name, or indices that
             are not exactly 1..N; the message names file and line.
     """
     path = Path(path)
@@ -94,19 +112,19 @@ def read_class_index(path: str | Path) -> tuple[str, ...]:
     for number, line in _lines(path):
         parts = line.split()
         if len(parts) != 2 or not parts[0].isdigit():
-            raise ValueError(f"{path}:{number}: expected '<index> <class name>', got {line!r}")
+            raise SplitError(f"{path}:{number}: expected '<index> <class name>', got {line!r}")
         index, name = int(parts[0]), parts[1]
         if index in by_index:
-            raise ValueError(f"{path}:{number}: index {index} repeated")
+            raise SplitError(f"{path}:{number}: index {index} repeated")
         if name in seen:
-            raise ValueError(f"{path}:{number}: class {name!r} already listed on line {seen[name]}")
+            raise SplitError(f"{path}:{number}: class {name!r} already listed on line {seen[name]}")
         by_index[index] = name
         seen[name] = number
     if not by_index:
-        raise ValueError(f"{path}: no classes listed")
+        raise SplitError(f"{path}: no classes listed")
     if sorted(by_index) != list(range(1, len(by_index) + 1)):
         missing = sorted(set(range(1, max(by_index) + 1)) - set(by_index))
-        raise ValueError(f"{path}: indices must be 1..{len(by_index)} without gaps; missing {missing}")
+        raise SplitError(f"{path}: indices must be 1..{len(by_index)} without gaps; missing {missing}")
     return tuple(by_index[i] for i in range(1, len(by_index) + 1))
 
 
@@ -118,10 +136,10 @@ def _safe_relative(entry: str, where: str) -> str:
     """
     entry = entry.replace("\\", "/")
     if entry.startswith("/") or PureWindowsPath(entry).drive:
-        raise ValueError(f"{where}: absolute path {entry!r} not allowed; paths are relative to the dataset root")
+        raise SplitError(f"{where}: absolute path {entry!r} not allowed; paths are relative to the dataset root")
     norm = posixpath.normpath(entry)
     if norm == ".." or norm.startswith("../"):
-        raise ValueError(f"{where}: path {entry!r} points outside the dataset root")
+        raise SplitError(f"{where}: path {entry!r} points outside the dataset root")
     return norm
 
 
@@ -148,7 +166,7 @@ def read_split_file(
         Samples in file order, with absolute paths.
 
     Raises:
-        ValueError: Malformed line, unknown class, label mismatch, a file name without a
+        SplitError: Malformed line, unknown class, label mismatch, a file name without a
             video extension, or a path that is absolute or escapes ``root``; the message
             names file and line.
         FileNotFoundError: A listed video does not exist (file and line named).
@@ -159,27 +177,23 @@ def read_split_file(
     samples = []
     for number, line in _lines(path):
         where = f"{path}:{number}"
-        parts = line.rsplit(None, 1)
-        label: int | None = None
-        if len(parts) == 2 and parts[1].lstrip("+-").isdigit():
-            entry, label = parts[0], int(parts[1])
-        else:
-            entry = line
+        entry, label_text, _ = parse_list_line(line)
+        label = int(label_text) if label_text is not None else None
         if labelled is True and label is None:
-            raise ValueError(f"{where}: expected '<path> <label>', got {line!r}")
+            raise SplitError(f"{where}: expected '<path> <label>', got {line!r}")
         if labelled is False and label is not None:
-            raise ValueError(f"{where}: expected a path without label, got {line!r}")
+            raise SplitError(f"{where}: expected a path without label, got {line!r}")
         rel = _safe_relative(entry, where)
         if "/" not in rel:
-            raise ValueError(f"{where}: expected '<class folder>/<video file>', got {entry!r}")
+            raise SplitError(f"{where}: expected '<class folder>/<video file>', got {entry!r}")
         if posixpath.splitext(rel)[1].lower() not in VIDEO_EXTENSIONS:
-            raise ValueError(f"{where}: {entry!r} is not a video file (expected {', '.join(VIDEO_EXTENSIONS)})")
+            raise SplitError(f"{where}: {entry!r} is not a video file (expected {', '.join(VIDEO_EXTENSIONS)})")
         class_name = rel.split("/", 1)[0]
         if class_name not in class_to_label:
-            raise ValueError(f"{where}: class {class_name!r} is not in the class index")
+            raise SplitError(f"{where}: class {class_name!r} is not in the class index")
         expected = class_to_label[class_name]
         if label is not None and label != expected + 1:
-            raise ValueError(
+            raise SplitError(
                 f"{where}: label {label} disagrees with folder {class_name!r} (index {expected + 1})"
             )
         video = root / rel
@@ -205,7 +219,7 @@ def scan_class_folders(root: str | Path) -> dict[str, list[Path]]:
 
     Raises:
         FileNotFoundError: ``root`` does not exist.
-        ValueError: No class folders, or a class folder without videos.
+        SplitError: No class folders, or a class folder without videos.
     """
     root = Path(root).absolute()
     if not root.is_dir():
@@ -215,19 +229,19 @@ def scan_class_folders(root: str | Path) -> dict[str, list[Path]]:
         if p.is_dir() and not p.name.startswith(".") and p.name not in SPLIT_DIR_NAMES
     )
     if not folders:
-        raise ValueError(f"no class folders in {root}; expected {root}/<ClassName>/<video>")
+        raise SplitError(f"no class folders in {root}; expected {root}/<ClassName>/<video>")
     videos = {}
     for folder in folders:
         files = sorted(p for p in folder.iterdir() if _is_video(p))
         if not files:
-            raise ValueError(f"class folder {folder} has no videos ({', '.join(VIDEO_EXTENSIONS)})")
+            raise SplitError(f"class folder {folder} has no videos ({', '.join(VIDEO_EXTENSIONS)})")
         videos[folder.name] = files
     return videos
 
 
 def _has_split_files(folder: Path) -> bool:
     return (folder / CLASS_INDEX_NAME).is_file() or any(
-        _SPLIT_FILE.match(p.name) for p in folder.iterdir() if p.is_file()
+        SPLIT_LIST_FILE.match(p.name) for p in folder.iterdir() if p.is_file()
     )
 
 
@@ -292,14 +306,14 @@ def make_group_split(
         (train, test) samples sorted by label then path; paths as given.
 
     Raises:
-        ValueError: ``test_fraction`` outside (0, 1), or no videos.
+        SplitError: ``test_fraction`` outside (0, 1), or no videos.
     """
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        raise SplitError(f"test_fraction must be in (0, 1), got {test_fraction}")
     classes = list(videos_by_class)
     files = {name: sorted(Path(p) for p in videos_by_class[name]) for name in classes}
     if not any(files.values()):
-        raise ValueError("no videos to split")
+        raise SplitError("no videos to split")
     groups = {p: parse_ucf_group(p.name) for paths in files.values() for p in paths}
     train: list[VideoSample] = []
     test: list[VideoSample] = []
@@ -371,12 +385,13 @@ def write_split_files(
         The folder written to.
 
     Raises:
-        ValueError: A sample lies outside ``root`` or has a label outside ``classes``.
+        SplitError: ``split`` < 1.
+        ValueError: A sample lies outside ``root`` or has a label outside ``classes`` (a caller bug).
     """
     root = Path(root).absolute()
     out = Path(out_dir) if out_dir is not None else root / SPLIT_DIR_NAMES[0]
     if split < 1:
-        raise ValueError(f"split must be >= 1, got {split}")
+        raise SplitError(f"split must be >= 1, got {split}")
 
     def lines(samples: Iterable[VideoSample], with_label: bool) -> str:
         rows = []
@@ -413,19 +428,19 @@ def load_split(root: str | Path, split: int = 1, split_dir: str | Path | None = 
 
     Raises:
         FileNotFoundError: Missing root, list file, or listed video.
-        ValueError: Malformed lists, a video in both train and test, or a
+        SplitError: Malformed lists, a video in both train and test, or a
             split other than 1 requested without split lists.
     """
     root = Path(root).absolute()
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {root}")
     if split < 1:
-        raise ValueError(f"split must be >= 1, got {split}")
+        raise SplitError(f"split must be >= 1, got {split}")
     folder = Path(split_dir) if split_dir is not None else find_split_dir(root)
 
     if folder is None:
         if split != 1:
-            raise ValueError(
+            raise SplitError(
                 f"no split lists in {root} for split {split}; "
                 f"run: python data_prep/make_splits.py {root} --split {split}"
             )
@@ -448,7 +463,7 @@ def load_split(root: str | Path, split: int = 1, split_dir: str | Path | None = 
         lists[kind] = read_split_file(path, root, classes)
     overlap = {s.path for s in lists["train"]} & {s.path for s in lists["test"]}
     if overlap:
-        raise ValueError(
+        raise SplitError(
             f"{len(overlap)} video(s) in both train and test of split {split}, e.g. {sorted(overlap)[0]}"
         )
     return DatasetSplit(classes=classes, train=tuple(lists["train"]), test=tuple(lists["test"]))

@@ -34,10 +34,13 @@ import shutil
 import tempfile
 import zlib
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from actionrec.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -390,47 +393,55 @@ def render_synthetic_video(
 # ----------------------------------------------------------------------------
 
 
-def _generation_params(
-    *,
-    num_groups: int = 10,
-    clips_per_group: int = 6,
-    width: int = 160,
-    height: int = 120,
-    fps: float = 25.0,
-    min_frames: int = 6,
-    max_frames: int = 64,
-    seed: int = 0,
-    mp4_fraction: float = 0.25,
-) -> dict:
-    """Validate and normalise parameters; the dict is what the marker file stores."""
-    params = {
-        "version": _GENERATOR_VERSION,
-        "num_groups": int(num_groups),
-        "clips_per_group": int(clips_per_group),
-        "width": int(width),
-        "height": int(height),
-        "fps": float(fps),
-        "min_frames": int(min_frames),
-        "max_frames": int(max_frames),
-        "seed": int(seed),
-        "mp4_fraction": float(mp4_fraction),
-    }
-    checks = [
-        ("num_groups", params["num_groups"] >= 2, "must be >= 2 so that train and test both get groups"),
-        ("clips_per_group", params["clips_per_group"] >= 1, "must be >= 1"),
-        # Codecs silently crop odd sizes to even ones; refuse instead.
-        ("width", params["width"] >= 16 and params["width"] % 2 == 0, "must be even and >= 16"),
-        ("height", params["height"] >= 16 and params["height"] % 2 == 0, "must be even and >= 16"),
-        ("fps", params["fps"] > 0, "must be > 0"),
-        ("min_frames", params["min_frames"] >= 2, "must be >= 2 (motion needs two frames)"),
-        ("max_frames", params["max_frames"] >= params["min_frames"], "must be >= min_frames"),
-        ("seed", params["seed"] >= 0, "must be >= 0"),
-        ("mp4_fraction", 0.0 <= params["mp4_fraction"] <= 1.0, "must be in [0, 1]"),
-    ]
-    for key, ok, why in checks:
-        if not ok:
-            raise ValueError(f"{key}={params[key]!r} {why}")
-    return params
+@dataclass(frozen=True)
+class SyntheticParams:
+    """What a synthetic dataset is generated from; checked on creation.
+
+    Attributes:
+        num_groups: Groups per class (>= 2).
+        clips_per_group: Clips per group and class.
+        width: Frame width (even).
+        height: Frame height (even).
+        fps: Frame rate stored in the containers.
+        min_frames: Shortest video length (>= 2).
+        max_frames: Longest video length.
+        seed: Seed for all random choices.
+        mp4_fraction: Share of (group, clip) slots written as .mp4 (mp4v) instead of .avi (XVID).
+    """
+
+    num_groups: int = 10
+    clips_per_group: int = 6
+    width: int = 160
+    height: int = 120
+    fps: float = 25.0
+    min_frames: int = 6
+    max_frames: int = 64
+    seed: int = 0
+    mp4_fraction: float = 0.25
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # normalise 10.0 to 10 and "3" to 3, as the marker file compares them
+            object.__setattr__(self, f.name, float(getattr(self, f.name)) if f.type == "float"
+                               else int(getattr(self, f.name)))
+        checks = [
+            ("num_groups", self.num_groups >= 2, "must be >= 2 so that train and test both get groups"),
+            ("clips_per_group", self.clips_per_group >= 1, "must be >= 1"),
+            # Codecs silently crop odd sizes to even ones; refuse instead.
+            ("width", self.width >= 16 and self.width % 2 == 0, "must be even and >= 16"),
+            ("height", self.height >= 16 and self.height % 2 == 0, "must be even and >= 16"),
+            ("fps", self.fps > 0, "must be > 0"),
+            ("min_frames", self.min_frames >= 2, "must be >= 2 (motion needs two frames)"),
+            ("max_frames", self.max_frames >= self.min_frames, "must be >= min_frames"),
+            ("seed", self.seed >= 0, "must be >= 0"),
+            ("mp4_fraction", 0.0 <= self.mp4_fraction <= 1.0, "must be in [0, 1]"),
+        ]
+        for key, ok, why in checks:
+            if not ok:
+                raise UsageError(f"{key}={getattr(self, key)!r} {why}")
+
+    def marker(self) -> dict:
+        """What the marker file stores: the parameters and the generator version."""
+        return {"version": _GENERATOR_VERSION, **asdict(self)}
 
 
 def _pick_slots(seed: int, stream: str, slots: list[tuple[int, int]], count: int) -> set[tuple[int, int]]:
@@ -475,20 +486,7 @@ def _write_lines(path: Path, lines: list[str]) -> None:
     path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8", newline="\n")
 
 
-def generate_synthetic_dataset(
-    out_dir: str | Path,
-    *,
-    num_groups: int = 10,
-    clips_per_group: int = 6,
-    width: int = 160,
-    height: int = 120,
-    fps: float = 25.0,
-    min_frames: int = 6,
-    max_frames: int = 64,
-    seed: int = 0,
-    mp4_fraction: float = 0.25,
-    progress: bool = False,
-) -> Path:
+def generate_synthetic_dataset(out_dir: str | Path, *, progress: bool = False, **params) -> Path:
     """Write the synthetic dataset (videos and UCF-format split lists) to ``out_dir``.
 
     Groups g01..gK (K = 30% of groups, at least one) form the test list and the
@@ -498,65 +496,89 @@ def generate_synthetic_dataset(
 
     Args:
         out_dir: Target folder; must be absent or empty.
-        num_groups: Groups per class (>= 2).
-        clips_per_group: Clips per group and class.
-        width: Frame width (even).
-        height: Frame height (even).
-        fps: Frame rate stored in the containers.
-        min_frames: Shortest video length (>= 2).
-        max_frames: Longest video length.
-        seed: Seed for all random choices.
-        mp4_fraction: Share of (group, clip) slots written as .mp4 (mp4v) instead of .avi (XVID).
         progress: Show a tqdm progress bar.
+        **params: Fields of ``SyntheticParams`` (``num_groups``, ``width``, ``seed``, ...);
+            the others keep their defaults.
 
     Returns:
         ``out_dir`` as a Path.
 
     Raises:
-        ValueError: A parameter is out of range.
+        UsageError: A parameter is out of range (a ValueError).
         FileExistsError: ``out_dir`` exists and is not empty.
         RuntimeError: OpenCV cannot open a writer for a codec.
     """
-    params = _generation_params(
-        num_groups=num_groups, clips_per_group=clips_per_group, width=width, height=height, fps=fps,
-        min_frames=min_frames, max_frames=max_frames, seed=seed, mp4_fraction=mp4_fraction,
-    )
+    spec = SyntheticParams(**params)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} is not empty; remove it or use ensure_synthetic_dataset()")
+    layout = _Layout.plan(spec)
+    _write_videos(out_dir, spec, layout, progress)
+    train_lines, test_lines = _write_split_lists(out_dir, spec, layout)
+    # Written last: its presence means every file above is complete.
+    (out_dir / MARKER_NAME).write_text(json.dumps(spec.marker(), sort_keys=True) + "\n", encoding="utf-8")
+    logger.debug(
+        "synthetic dataset in %s: %d videos (%d train, %d test)",
+        out_dir, len(train_lines) + len(test_lines), len(train_lines), len(test_lines),
+    )
+    return out_dir
 
-    slots = [(g, c) for g in range(1, num_groups + 1) for c in range(1, clips_per_group + 1)]
-    mp4_slots = _pick_slots(seed, "mp4", slots, round(mp4_fraction * len(slots)))
-    num_short = max(1, round(_SHORT_FRACTION * len(slots))) if min_frames < _SHORT_LIMIT else 0
-    short_slots = _pick_slots(seed, "short", slots, num_short)
-    gw = max(2, len(str(num_groups)))
-    cw = max(2, len(str(clips_per_group)))
 
+@dataclass(frozen=True)
+class _Layout:
+    """Which (group, clip) slots exist, which are .mp4 and which hold short videos; file names."""
+
+    slots: list[tuple[int, int]]
+    mp4_slots: set[tuple[int, int]]
+    short_slots: set[tuple[int, int]]
+    group_digits: int
+    clip_digits: int
+
+    @classmethod
+    def plan(cls, spec: SyntheticParams) -> _Layout:
+        slots = [(g, c) for g in range(1, spec.num_groups + 1) for c in range(1, spec.clips_per_group + 1)]
+        num_short = max(1, round(_SHORT_FRACTION * len(slots))) if spec.min_frames < _SHORT_LIMIT else 0
+        return cls(
+            slots=slots,
+            mp4_slots=_pick_slots(spec.seed, "mp4", slots, round(spec.mp4_fraction * len(slots))),
+            short_slots=_pick_slots(spec.seed, "short", slots, num_short),
+            group_digits=max(2, len(str(spec.num_groups))),
+            clip_digits=max(2, len(str(spec.clips_per_group))),
+        )
+
+    def entry(self, name: str, g: int, c: int) -> str:
+        """"<Class>/v_<Class>_gXX_cYY.<ext>", relative to the dataset root."""
+        ext = ".mp4" if (g, c) in self.mp4_slots else ".avi"
+        return f"{name}/v_{name}_g{g:0{self.group_digits}d}_c{c:0{self.clip_digits}d}{ext}"
+
+
+def _write_videos(out_dir: Path, spec: SyntheticParams, layout: _Layout, progress: bool) -> None:
     for name in SYNTHETIC_CLASSES:
         (out_dir / name).mkdir(parents=True, exist_ok=True)
     units = [name for name in SYNTHETIC_CLASSES if name in _RENDERERS]
-    jobs = [(unit, g, c) for unit in units for g, c in slots]
+    jobs = [(unit, g, c) for unit in units for g, c in layout.slots]
     if progress:
         from tqdm import tqdm
 
         jobs = tqdm(jobs, desc="synthetic videos", unit="video")
     for unit, g, c in jobs:
-        n = _video_length(seed, unit, g, c, (g, c) in short_slots, min_frames, max_frames)
-        ext = ".mp4" if (g, c) in mp4_slots else ".avi"
-        video = render_synthetic_video(unit, g, c, n, width=width, height=height, seed=seed)
+        n = _video_length(spec.seed, unit, g, c, (g, c) in layout.short_slots, spec.min_frames, spec.max_frames)
+        video = render_synthetic_video(unit, g, c, n, width=spec.width, height=spec.height, seed=spec.seed)
         members = [(unit, video)]
         if unit in _FORWARD_OF:
             # Same frames backwards: identical per-frame statistics, opposite motion.
             members.append((_FORWARD_OF[unit], video[::-1]))
         for name, frames in members:
-            _write_video(out_dir / name / f"v_{name}_g{g:0{gw}d}_c{c:0{cw}d}{ext}", frames, fps)
+            _write_video(out_dir / layout.entry(name, g, c), frames, spec.fps)
 
-    test_groups = set(range(1, _num_test_groups(num_groups) + 1))
+
+def _write_split_lists(out_dir: Path, spec: SyntheticParams, layout: _Layout) -> tuple[list[str], list[str]]:
+    """classInd.txt, trainlist01.txt (with labels) and testlist01.txt (the first groups); their lines."""
+    test_groups = set(range(1, _num_test_groups(spec.num_groups) + 1))
     train_lines, test_lines = [], []
     for label, name in enumerate(SYNTHETIC_CLASSES, start=1):
-        for g, c in slots:
-            ext = ".mp4" if (g, c) in mp4_slots else ".avi"
-            rel = f"{name}/v_{name}_g{g:0{gw}d}_c{c:0{cw}d}{ext}"
+        for g, c in layout.slots:
+            rel = layout.entry(name, g, c)
             if g in test_groups:
                 test_lines.append(rel)
             else:
@@ -566,13 +588,7 @@ def generate_synthetic_dataset(
     _write_lines(split_dir / "classInd.txt", [f"{i} {name}" for i, name in enumerate(SYNTHETIC_CLASSES, start=1)])
     _write_lines(split_dir / "trainlist01.txt", train_lines)
     _write_lines(split_dir / "testlist01.txt", test_lines)
-    # Written last: its presence means every file above is complete.
-    (out_dir / MARKER_NAME).write_text(json.dumps(params, sort_keys=True) + "\n", encoding="utf-8")
-    logger.debug(
-        "synthetic dataset in %s: %d videos (%d train, %d test)",
-        out_dir, len(train_lines) + len(test_lines), len(train_lines), len(test_lines),
-    )
-    return out_dir
+    return train_lines, test_lines
 
 
 def _marker_matches(path: Path, params: dict) -> bool:
@@ -616,7 +632,7 @@ def ensure_synthetic_dataset(cache_dir: str | Path, **kwargs) -> Path:
 
     Args:
         cache_dir: Where the dataset should live.
-        **kwargs: Keyword arguments of ``generate_synthetic_dataset`` (``progress`` included).
+        **kwargs: ``progress`` and the fields of ``SyntheticParams``, as for ``generate_synthetic_dataset``.
 
     Returns:
         ``cache_dir`` as a Path.
@@ -627,7 +643,7 @@ def ensure_synthetic_dataset(cache_dir: str | Path, **kwargs) -> Path:
     """
     cache_dir = Path(cache_dir)
     progress = bool(kwargs.pop("progress", False))
-    params = _generation_params(**kwargs)
+    params = SyntheticParams(**kwargs).marker()
     if _marker_matches(cache_dir, params):
         return cache_dir
     cache_dir.parent.mkdir(parents=True, exist_ok=True)

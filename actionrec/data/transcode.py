@@ -25,6 +25,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from actionrec.data.video_io import VideoDecodeError
+from actionrec.errors import first_line
 
 
 @dataclass(frozen=True)
@@ -65,11 +66,6 @@ def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
         scale = short_side / min(width, height)
         width, height = width * scale, height * scale
     return max(2, int(round(width / 2)) * 2), max(2, int(round(height / 2)) * 2)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
 def transcode_video(
@@ -122,56 +118,73 @@ def transcode_video(
     try:
         inp = av.open(src)
     except (av.error.FFmpegError, OSError) as e:
-        return result("failed", _first_line(e))
-    frames_in = frames_out = 0
-    problem = ""
-    size = (0, 0)
-    out_rate = Fraction(0)
+        return result("failed", first_line(e))
     try:
         with inp:
             if not inp.streams.video:
                 return result("failed", "no video stream")
             ist = inp.streams.video[0]
-            ist.thread_type = "AUTO"
-            ist.thread_count = threads
-            src_rate = Fraction(ist.average_rate or ist.guessed_rate or 25)
-            out_rate = Fraction(fps).limit_denominator(1001) if fps else src_rate
             declared = ist.frames
-            ost = None
-            with av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as out:
-                try:
-                    for frame in inp.decode(ist):
-                        if ost is None:
-                            size = output_size(frame.width, frame.height, short_side)
-                            ost = _add_stream(out, codec, size, out_rate, gop=gop, crf=crf, preset=preset, threads=threads)
-                        # Source frame i covers [i, i + 1) / src_rate; emit every output tick in it.
-                        end = (frames_in + 1) / src_rate
-                        if frames_out / out_rate < end:
-                            img = frame.reformat(width=size[0], height=size[1], format="yuv420p", interpolation="AREA")
-                            img.pict_type = 0  # the source's I/P/B type would force x264's frame types
-                            while frames_out / out_rate < end:
-                                img.pts, img.time_base = frames_out, 1 / out_rate
-                                out.mux(ost.encode(img))
-                                frames_out += 1
-                        frames_in += 1
-                except av.error.FFmpegError as e:
-                    problem = f"decoding stops after {frames_in} frames: {_first_line(e)}"
-                if ost is not None:
-                    out.mux(ost.encode(None))
-            if frames_in == 0:
+            enc = _reencode(inp, ist, tmp, short_side=short_side, fps=fps, codec=codec, threads=threads,
+                            gop=gop, crf=crf, preset=preset)
+            if enc.frames_in == 0:
                 tmp.unlink(missing_ok=True)
-                return result("failed", problem or "no decodable frames")
-            if declared and frames_in < declared and not problem:
-                problem = f"header says {declared} frames, only {frames_in} decode"
+                return result("failed", enc.problem or "no decodable frames")
+            if declared and enc.frames_in < declared and not enc.problem:
+                enc.problem = f"header says {declared} frames, only {enc.frames_in} decode"
     except (av.error.FFmpegError, OSError, VideoDecodeError) as e:
         tmp.unlink(missing_ok=True)
-        return result("failed", _first_line(e))
+        return result("failed", first_line(e))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, dst)
-    return result("partial" if problem else "ok", problem, frames_in=frames_in, frames_out=frames_out,
-                  width=size[0], height=size[1], fps=float(out_rate))
+    return result("partial" if enc.problem else "ok", enc.problem, frames_in=enc.frames_in, frames_out=enc.frames_out,
+                  width=enc.size[0], height=enc.size[1], fps=float(enc.rate))
+
+
+@dataclass
+class _Encoded:
+    """What ``_reencode`` wrote: frame counts, output size and rate, why decoding stopped early."""
+
+    rate: Fraction
+    frames_in: int = 0
+    frames_out: int = 0
+    size: tuple[int, int] = (0, 0)
+    problem: str = ""
+
+
+def _reencode(inp, ist, tmp: Path, *, short_side: int, fps: float | None, codec: str, threads: int,
+              gop: int, crf: int, preset: str) -> _Encoded:
+    """Decode stream ``ist`` of ``inp`` into the MP4 ``tmp``; a decode error ends it (``problem``)."""
+    import av
+
+    ist.thread_type = "AUTO"
+    ist.thread_count = threads
+    src_rate = Fraction(ist.average_rate or ist.guessed_rate or 25)
+    enc = _Encoded(rate=Fraction(fps).limit_denominator(1001) if fps else src_rate)
+    ost = None
+    with av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as out:
+        try:
+            for frame in inp.decode(ist):
+                if ost is None:
+                    enc.size = output_size(frame.width, frame.height, short_side)
+                    ost = _add_stream(out, codec, enc.size, enc.rate, gop=gop, crf=crf, preset=preset, threads=threads)
+                # Source frame i covers [i, i + 1) / src_rate; emit every output tick in it.
+                end = (enc.frames_in + 1) / src_rate
+                if enc.frames_out / enc.rate < end:
+                    img = frame.reformat(width=enc.size[0], height=enc.size[1], format="yuv420p", interpolation="AREA")
+                    img.pict_type = 0  # the source's I/P/B type would force x264's frame types
+                    while enc.frames_out / enc.rate < end:
+                        img.pts, img.time_base = enc.frames_out, 1 / enc.rate
+                        out.mux(ost.encode(img))
+                        enc.frames_out += 1
+                enc.frames_in += 1
+        except av.error.FFmpegError as e:
+            enc.problem = f"decoding stops after {enc.frames_in} frames: {first_line(e)}"
+        if ost is not None:
+            out.mux(ost.encode(None))
+    return enc
 
 
 def transcode_pair(pair: tuple[str, str], **kwargs) -> TranscodeResult:

@@ -60,6 +60,8 @@ from typing import Sequence
 
 import numpy as np
 
+from actionrec.errors import UserError, first_line
+
 log = logging.getLogger(__name__)
 
 _BACKENDS = ("auto", "decord", "pyav", "opencv")
@@ -100,7 +102,7 @@ def quiet_decoders() -> None:
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # read when OpenCV opens a file
 
 
-class VideoDecodeError(RuntimeError):
+class VideoDecodeError(UserError, RuntimeError):
     """Raised for any unreadable or corrupt video.
 
     The message starts with the file path and says what is wrong.
@@ -131,11 +133,6 @@ class _EndOfStream(Exception):
         self.decoded = decoded
 
 
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0] if lines else ''}"
-
-
 class _DecordSource:
     def __init__(self, path: str, num_threads: int):
         import decord
@@ -149,7 +146,7 @@ class _DecordSource:
             self._open()
         except self.errors as err:
             self.close()
-            raise VideoDecodeError(path, _pyav_diagnosis(path) or _first_line(err)) from err
+            raise VideoDecodeError(path, _pyav_diagnosis(path) or first_line(err)) from err
         self.num_frames, self.fps = len(self._vr), float(self._vr.get_avg_fps())
 
     def _open(self) -> None:
@@ -371,7 +368,7 @@ def _pyav_diagnosis(path: str) -> str | None:
             if not any(p.size for p in container.demux(video=0)):
                 return "no decodable frames"
     except av.error.FFmpegError as err:
-        return _first_line(err)
+        return first_line(err)
     return None
 
 
@@ -514,7 +511,7 @@ class VideoReader:
         try:
             ref = _PyAVSource(self._path, num_threads)
         except (VideoDecodeError, self._av_errors()) as err:
-            return f"PyAV cannot open it ({getattr(err, 'reason', None) or _first_line(err)})", None
+            return f"PyAV cannot open it ({getattr(err, 'reason', None) or first_line(err)})", None
         try:
             return self._differences(ref), ref.declared
         finally:
@@ -534,7 +531,7 @@ class VideoReader:
         try:
             got = (self._src.random_read if self._random else self._src.seq_read)(idx)
         except (_EndOfStream, *self._src.errors) as err:
-            return f"{self.backend} fails on the first frames ({_first_line(err)})"
+            return f"{self.backend} fails on the first frames ({first_line(err)})"
         for i, (a, b) in enumerate(zip(got, want)):
             if a.shape != b.shape:
                 return f"{self.backend} frame {i} is {a.shape[1]}x{a.shape[0]}, PyAV's {b.shape[1]}x{b.shape[0]}"
@@ -566,7 +563,7 @@ class VideoReader:
         # RuntimeError and AssertionError are what decord's Python layer raises.
         except (av.error.FFmpegError, decord.DECORDError, cv2.error, StopIteration,
                 RuntimeError, AssertionError) as err:
-            raise VideoDecodeError(self._path, _first_line(err)) from err
+            raise VideoDecodeError(self._path, first_line(err)) from err
 
     @property
     def info(self) -> VideoInfo:

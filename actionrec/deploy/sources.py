@@ -20,9 +20,10 @@ import cv2
 import numpy as np
 
 from actionrec.data.video_io import utf8_alias
+from actionrec.errors import UserError
 
 
-class VideoSourceError(ValueError):
+class VideoSourceError(UserError, ValueError):
     """A source cannot be opened or delivers no frames; the message names it."""
 
 

@@ -21,7 +21,7 @@ from concurrent.futures import Future
 from multiprocessing.connection import wait
 from typing import Any, Callable
 
-from actionrec.data.parallel import TaskResult, _describe_exit, _Slot
+from actionrec.data.parallel import TaskResult, _Slot
 
 log = logging.getLogger(__name__)
 
@@ -130,24 +130,11 @@ class WorkerPool:
             for i, slot in enumerate(list(self._slots)):
                 if not slot.busy:
                     continue
-                result, replace = None, False
-                if slot.conn.poll():
-                    try:
-                        ok, value = slot.conn.recv()
-                        result = TaskResult(slot.item, value if ok else None, None if ok else value, now - slot.started)
-                    except (EOFError, OSError):
-                        pass  # died mid-send: handled as a crash below
-                if result is None and not slot.proc.is_alive():
-                    slot.proc.join()
-                    result = TaskResult(slot.item, None, f"worker {_describe_exit(slot.proc.exitcode)}", now - slot.started)
-                    replace = True
-                    self.stats["crashes"] += slot.future is not None
-                elif result is None and now - slot.started >= (self.timeout if slot.future else _WARMUP_TIMEOUT):
-                    result = TaskResult(slot.item, None, f"timed out after {self.timeout:g} s", now - slot.started)
-                    replace = True
-                    self.stats["timeouts"] += slot.future is not None
+                result, failure = slot.collect(now, self.timeout if slot.future else _WARMUP_TIMEOUT)
+                if failure:
+                    self.stats["crashes" if failure == "crash" else "timeouts"] += slot.future is not None
                 if result is not None:
-                    self._finish(i, slot, result, replace)
+                    self._finish(i, slot, result, replace=failure is not None)
 
     def close(self) -> None:
         """Stop the manager thread and every process; jobs still waiting fail with RuntimeError."""

@@ -24,11 +24,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from actionrec.errors import UserError
+
 FORMAT_VERSION = 1
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, unsafe, corrupt or incompatible; the message names the file."""
 
 

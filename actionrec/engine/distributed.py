@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from actionrec.errors import UsageError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -60,7 +62,7 @@ def _rank_expr(expr: str, local_rank: int, spec: str) -> int:
     try:
         return ev(ast.parse(expr.strip(), mode="eval"))
     except (SyntaxError, ValueError, ZeroDivisionError, RecursionError, MemoryError):  # nesting too deep
-        raise ValueError(
+        raise UsageError(
             f"device '{spec}': cannot evaluate '{{{expr}}}'; placeholders allow integer arithmetic "
             "(+ - * // %) over local_rank, e.g. 'cuda:{2*local_rank+1}'"
         ) from None
@@ -72,7 +74,7 @@ def expand_device_spec(spec: str, local_rank: int = 0) -> str:
     Example: ``expand_device_spec('cuda:{2*local_rank+1}', 3) == 'cuda:7'``.
 
     Raises:
-        ValueError: EXPR is anything but integer arithmetic over ``local_rank``.
+        UsageError: EXPR is anything but integer arithmetic over ``local_rank``.
     """
     return _PLACEHOLDER.sub(lambda m: str(_rank_expr(m.group(1), local_rank, spec)), spec)
 
@@ -83,7 +85,7 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
     ``{EXPR}`` placeholders are expanded first (``expand_device_spec``).
 
     Raises:
-        ValueError: the spec is malformed or names a device this machine does not have.
+        UsageError: the spec is malformed or names a device this machine does not have.
     """
     spec = expand_device_spec(spec, local_rank)
     if spec == "auto":
@@ -93,7 +95,7 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
     try:
         dev = torch.device(spec)
     except RuntimeError:
-        raise ValueError(f"device '{spec}' is not a device name; available: {', '.join(available_devices())}") from None
+        raise UsageError(f"device '{spec}' is not a device name; available: {', '.join(available_devices())}") from None
     check_device(dev)
     return dev
 
@@ -109,7 +111,7 @@ def resolve_placement(
         local_rank: this process's index on its node.
 
     Raises:
-        ValueError: a spec is malformed or names a device that does not exist (listing those that do).
+        UsageError: a spec is malformed or names a device that does not exist (listing those that do).
     """
     return resolve_device(cnn or device, local_rank), resolve_device(lstm or device, local_rank)
 
@@ -131,7 +133,7 @@ def check_device(dev: torch.device | str) -> None:
     """Fail before training when ``dev`` does not exist, listing the devices that do.
 
     Raises:
-        ValueError: naming the device and listing the available ones.
+        UsageError: naming the device and listing the available ones.
     """
     dev = torch.device(dev)
     if dev.type == "cpu":
@@ -141,7 +143,7 @@ def check_device(dev: torch.device | str) -> None:
         idx = dev.index if dev.index is not None else 0
         if idx < n:
             return
-    raise ValueError(f"device '{dev}' does not exist on this machine; available: {', '.join(available_devices())}")
+    raise UsageError(f"device '{dev}' does not exist on this machine; available: {', '.join(available_devices())}")
 
 
 def init_distributed(backend: str = "auto", device: str = "auto") -> DistInfo:
@@ -177,7 +179,7 @@ def bind_devices(devices: list[torch.device]) -> None:
     asking for cuda:0 and cuda:1); NCCL would fail later with a less helpful message.
 
     Raises:
-        ValueError: naming the ranks and the shared device.
+        UsageError: naming the ranks and the shared device.
     """
     if devices[0].type == "cuda":
         torch.cuda.set_device(devices[0])
@@ -187,7 +189,7 @@ def bind_devices(devices: list[torch.device]) -> None:
     for rank, (host, devs) in enumerate(groups):
         for d in devs:
             if (host, d) in owner:
-                raise ValueError(
+                raise UsageError(
                     f"ranks {owner[host, d]} and {rank} both use {d} on {host}; give each local rank its "
                     "own devices, e.g. model.placement.cnn='cuda:{2*local_rank}' "
                     "model.placement.lstm='cuda:{2*local_rank+1}'"
@@ -206,18 +208,18 @@ def wrap_ddp(model: nn.Module, *, sync_bn: bool = False) -> nn.Module:
         sync_bn: convert BatchNorm layers to SyncBatchNorm (statistics over the global batch).
 
     Raises:
-        ValueError: parameters on different device types (DDP needs one), or ``sync_bn`` off CUDA.
+        UsageError: parameters on different device types (DDP needs one), or ``sync_bn`` off CUDA.
     """
     devices = {p.device for p in model.parameters()}
     types = {d.type for d in devices}
     if len(types) != 1:
-        raise ValueError(
+        raise UsageError(
             f"DDP needs the whole model on one device type, got {sorted(map(str, devices))}; "
             "put model.placement.cnn and model.placement.lstm on the same kind of device"
         )
     if sync_bn:
         if types != {"cuda"}:
-            raise ValueError("train.sync_bn=true needs CUDA devices (SyncBatchNorm has no CPU kernel)")
+            raise UsageError("train.sync_bn=true needs CUDA devices (SyncBatchNorm has no CPU kernel)")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     single_gpu = len(devices) == 1 and types == {"cuda"}
     return nn.parallel.DistributedDataParallel(model, device_ids=[next(iter(devices))] if single_gpu else None)

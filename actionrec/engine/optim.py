@@ -7,6 +7,8 @@ import math
 import torch
 import torch.nn as nn
 
+from actionrec.errors import UsageError
+
 
 def param_groups(model: nn.Module, *, lr: float, weight_decay: float, backbone_lr_mult: float = 1.0) -> list[dict]:
     """Trainable parameters in up to four groups: backbone/head x decay/no-decay.
@@ -34,7 +36,7 @@ def param_groups(model: nn.Module, *, lr: float, weight_decay: float, backbone_l
             }
         )
     if not out:
-        raise ValueError("the model has no trainable parameters")
+        raise UsageError("the model has no trainable parameters")
     return out
 
 

@@ -28,6 +28,7 @@ from actionrec.engine.checkpoint import unwrap
 from actionrec.engine.loop import resolve_amp, setup_amp, train_one_epoch
 from actionrec.engine.optim import create_optimizer, create_scheduler
 from actionrec.models.factory import create_model
+from actionrec.errors import first_line
 from actionrec.models.losses import create_loss
 
 NUM_CLASSES = 4
@@ -124,8 +125,7 @@ def ddp_worker(out_dir: Path, cnn: str, head: str, amp: str, steps: int, sync_bn
         result.update(rank=info.rank, backend=info.backend)
     except Exception as e:
         # Written for run_ddp, whose table row shows it; torchrun's own report only says "failed".
-        first = (str(e).strip().splitlines() or [""])[0]
-        (out_dir / f"rank{info.rank}.json").write_text(json.dumps({"error": f"{type(e).__name__}: {first}"}))
+        (out_dir / f"rank{info.rank}.json").write_text(json.dumps({"error": first_line(e)}))
         raise
     (out_dir / f"rank{info.rank}.json").write_text(json.dumps(result))
     D.cleanup()

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from actionrec.engine.checkpoint import atomic_write_text
+from actionrec.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class RunLogger:
             try:
                 self.wandb_run = wandb.init(dir=str(self.dir), **wandb_kwargs)
             except wandb.errors.UsageError as e:  # typically online mode without an API key
-                raise ValueError(
+                raise UsageError(
                     f"W&B {wandb_kwargs['mode']} mode: {e} Set WANDB_API_KEY or run `wandb login`, or train with "
                     "logging.wandb.mode=offline and upload later with `wandb sync`."
                 ) from None
