@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import logging
 import sys
 from pathlib import Path
+from typing import Callable
 
 from actionrec.errors import UserError
 
@@ -46,6 +48,25 @@ def setup_logging(log_file: Path | None = None, *, main: bool = True) -> None:
         handlers=handlers,
         force=True,
     )
+
+
+def doc_parser(doc: str | None) -> argparse.ArgumentParser:
+    """An ArgumentParser whose ``--help`` shows ``doc`` (the command's module docstring) as written."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def run_command(parse_args: Callable[[list[str] | None], argparse.Namespace],
+                run: Callable[[argparse.Namespace], int], argv: list[str] | None = None, *,
+                extra: tuple[type[BaseException], ...] = ()) -> int:
+    """``run(parse_args(argv))`` for a data_prep command, user errors (and ``extra``) as one line.
+
+    Returns:
+        ``run``'s exit status; a user error exits with status 2.
+    """
+    print_raw_file_names()
+    args = parse_args(argv)
+    with exit_on_error(extra=extra):
+        return run(args)
 
 
 def print_raw_file_names() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -85,6 +86,12 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("tiny") / "ucf"
     return generate_synthetic_dataset(root, num_groups=4, clips_per_group=1, width=64, height=48, max_frames=16, seed=0)
+
+
+@pytest.fixture
+def tiny_dataset_copy(tiny_dataset, tmp_path) -> Path:
+    """A copy of ``tiny_dataset`` in the test's own folder, for tests that add, move or damage files."""
+    return Path(shutil.copytree(tiny_dataset, tmp_path / "ucf", symlinks=True))
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from actionrec.cli import exit_on_error, print_raw_file_names
+from actionrec.cli import doc_parser, run_command
 from actionrec.data.check import (
     BAD_STATUSES,
     STATUSES,
@@ -44,7 +44,7 @@ from actionrec.errors import UsageError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = doc_parser(__doc__)
     p.add_argument("root", type=Path, help="dataset root: ROOT/<Class>/<video>")
     p.add_argument("--clip-len", type=int, default=16, help="frames per clip; shorter videos are too_short (default: 16)")
     p.add_argument("--frame-interval", type=int, default=1, help="stride between clip frames (default: 1)")
@@ -63,10 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    print_raw_file_names()
-    args = parse_args(argv)
-    with exit_on_error():
-        return run(args)
+    return run_command(parse_args, run, argv)
 
 
 def run(args: argparse.Namespace) -> int:

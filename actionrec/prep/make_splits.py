@@ -18,7 +18,7 @@ import argparse
 import os
 from pathlib import Path
 
-from actionrec.cli import exit_on_error, print_raw_file_names
+from actionrec.cli import doc_parser, run_command
 from actionrec.data.splits import (
     CLASS_INDEX_NAME,
     SPLIT_DIR_NAMES,
@@ -34,7 +34,7 @@ from actionrec.errors import UsageError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = doc_parser(__doc__)
     parser.add_argument("root", type=Path, help="dataset root: ROOT/<Class>/<video>")
     parser.add_argument("--test-fraction", type=float, default=0.3,
                         help="share of groups (or videos) for test (default: 0.3)")
@@ -47,10 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    print_raw_file_names()
-    args = parse_args(argv)
-    with exit_on_error():
-        return run(args)
+    return run_command(parse_args, run, argv)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ import logging
 import time
 from pathlib import Path
 
-from actionrec.cli import exit_on_error
+from actionrec.cli import doc_parser, run_command
 from actionrec.data.splits import load_split
 from actionrec.data.synthetic import SyntheticParams, ensure_synthetic_dataset
 
@@ -35,7 +35,7 @@ OPTIONS = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = doc_parser(__doc__)
     parser.add_argument("out_dir", type=Path, help="folder to create (UCF101 layout)")
     defaults = SyntheticParams()
     for flag, (field, text) in OPTIONS.items():
@@ -47,14 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    with exit_on_error(extra=(FileExistsError,)):
-        return run(args)
+    return run_command(parse_args, run, argv, extra=(FileExistsError,))
 
 
 def run(args: argparse.Namespace) -> int:
     """Generate (or find) the dataset and print its classes and video counts; the exit status."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
     params = {field: getattr(args, field) for field, _ in OPTIONS.values()}
     root = ensure_synthetic_dataset(args.out_dir, **params, progress=not args.no_progress)

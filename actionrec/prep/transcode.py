@@ -29,7 +29,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from actionrec.cli import exit_on_error, print_raw_file_names
+from actionrec.cli import doc_parser, run_command
 from actionrec.data.check import find_videos, rewrite_split_lists
 from actionrec.data.parallel import map_unordered
 from actionrec.data.splits import find_split_dir
@@ -38,7 +38,7 @@ from actionrec.errors import UsageError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = doc_parser(__doc__)
     p.add_argument("src", type=Path, help="dataset root: SRC/<Class>/<video>")
     p.add_argument("dst", type=Path, help="output root (created)")
     p.add_argument("--short-side", type=int, default=256, help="scale the short side to this (0: keep size; default: 256)")
@@ -55,10 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    print_raw_file_names()
-    args = parse_args(argv)
-    with exit_on_error():
-        return run(args)
+    return run_command(parse_args, run, argv)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,7 +21,6 @@ import torch
 
 from actionrec import build
 from actionrec.config import ConfigError, config_from_checkpoint, load_config
-from actionrec.data.synthetic import generate_synthetic_dataset
 from actionrec.engine import distributed as D
 from actionrec.engine.checkpoint import load_checkpoint
 
@@ -213,13 +212,6 @@ def test_distributed_eval_counts_each_video_once(ddp_run):
 # tools/train.py under torchrun
 
 
-@pytest.fixture(scope="module")
-def tiny_ucf(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ucf")
-    return generate_synthetic_dataset(root / "data", num_groups=4, clips_per_group=1, width=64, height=48,
-                                      max_frames=16, seed=0)
-
-
 def train_args(root: Path, out: Path, *extra: str) -> list[str]:
     """tools/train.py on the tiny dataset for 2 steps per epoch, CPU, no W&B, run folder ``out/ddp``."""
     return [str(REPO / "tools" / "train.py"), f"data.root={root}", "data.clip_len=4", "data.resize_short=40",
@@ -229,8 +221,8 @@ def train_args(root: Path, out: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_train_tool_under_torchrun_checkpoint_and_resume(tiny_ucf, tmp_path):
-    common = train_args(tiny_ucf, tmp_path)
+def test_train_tool_under_torchrun_checkpoint_and_resume(tiny_dataset, tmp_path):
+    common = train_args(tiny_dataset, tmp_path)
     first = torchrun(*common, "train.epochs=1")
     run = tmp_path / "ddp"
     # Only rank 0 writes: one last.pt (+ best.pt), one metrics row, one summary table.
@@ -257,11 +249,11 @@ def test_train_tool_under_torchrun_checkpoint_and_resume(tiny_ucf, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_tool_under_torchrun_backbone_with_head_parameters_and_grid(tiny_ucf, tmp_path):
+def test_train_tool_under_torchrun_backbone_with_head_parameters_and_grid(tiny_dataset, tmp_path):
     """MobileNetV3 has a conv_head after its pooling; with a 2x2 feature grid it used to get no
     gradient, and every rank failed at the second step with "Expected to have finished reduction in
     the prior iteration" (the reproduction in the issue, at tiny size)."""
-    torchrun(*train_args(tiny_ucf, tmp_path, "model.backbone=mobilenetv3_small_100", "model.feature_grid=2",
+    torchrun(*train_args(tiny_dataset, tmp_path, "model.backbone=mobilenetv3_small_100", "model.feature_grid=2",
                          "train.max_steps_per_epoch=3", "train.epochs=1"))
     ckpt = load_checkpoint(tmp_path / "ddp" / "last.pt")
     assert ckpt["step"] == 3 and ckpt["config"]["model"]["feature_grid"] == 2

@@ -31,11 +31,10 @@ import numpy as np
 import pytest
 import torch
 
-from actionrec.cli import USER_ERRORS
+from actionrec.cli import user_errors
 from actionrec.data.dataset import ClipSampling, DecodeFailures, TooManyBadVideos, VideoClipDataset
 from actionrec.data.loader import LoaderStalled, build_loader
 from actionrec.data.splits import load_split
-from actionrec.data.synthetic import generate_synthetic_dataset
 from actionrec.data.transforms import eval_transform, train_transform
 from actionrec.engine.checkpoint import CheckpointError, CheckpointSaver, atomic_save, load_checkpoint
 
@@ -51,13 +50,6 @@ UNDECODABLE = {"empty.avi", "random_bytes.avi", "text.mp4", "truncated_moov_at_e
 TINY = ["data.clip_len=4", "data.resize_short=40", "data.crop_size=32", "model.backbone=test_resnet",
         "model.hidden_size=16", "train.batch_size=4", "train.device=cpu", "logging.wandb.mode=disabled",
         "data.occlusion.prob=0.5", "model.dropout=0.3"]
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory) -> Path:
-    """8 classes x 4 videos (24 train, 8 test)."""
-    return generate_synthetic_dataset(tmp_path_factory.mktemp("tiny") / "ds", num_groups=4, clips_per_group=1,
-                                      width=64, height=48, max_frames=16, seed=0)
 
 
 def _train(root: Path, out: Path, *extra: str, hook: dict | None = None, wait: bool = True):
@@ -163,9 +155,8 @@ def _add_broken(root: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_training_over_broken_videos_skips_them_and_stops_over_the_limit(tmp_path):
-    root = generate_synthetic_dataset(tmp_path / "ds", num_groups=4, clips_per_group=1, width=64, height=48,
-                                      max_frames=16, seed=0)
+def test_training_over_broken_videos_skips_them_and_stops_over_the_limit(tiny_dataset_copy, tmp_path):
+    root = tiny_dataset_copy  # 8 classes x 4 videos (24 train, 8 test)
     names = _add_broken(root)  # 24 + 6 train, 8 + 6 test: 44 videos, 6 of them undecodable
     # Batches of 5 use all 30 training videos (no partial batch dropped), so every broken one is tried.
     ok = _train(root, tmp_path / "runs", "train.epochs=1", "data.num_workers=2", "data.max_bad_fraction=0.2",
@@ -237,8 +228,8 @@ _ORIGINAL_LOAD = VideoClipDataset.load
 
 
 @pytest.mark.parametrize("how", ["hang", "crash"])
-def test_loader_names_the_file_a_worker_hangs_or_dies_on(tiny_root, monkeypatch, how):
-    split = load_split(tiny_root)
+def test_loader_names_the_file_a_worker_hangs_or_dies_on(tiny_dataset, monkeypatch, how):
+    split = load_split(tiny_dataset)
     bad = split.train[5].path
     monkeypatch.setenv("ACTIONREC_TEST_BAD", str(bad))
     monkeypatch.setenv("ACTIONREC_TEST_HOW", how)
@@ -252,7 +243,7 @@ def test_loader_names_the_file_a_worker_hangs_or_dies_on(tiny_root, monkeypatch,
             pass
     msg = str(e.value)
     assert f"{bad} (for" in msg and "check_videos.py" in msg
-    assert issubclass(LoaderStalled, USER_ERRORS)  # the tools print it as one line, no traceback
+    assert issubclass(LoaderStalled, user_errors())  # the tools print it as one line, no traceback
     if how == "hang":
         assert msg.startswith("no batch within data.loader_timeout=2 s") and time.monotonic() - t0 < 60
     else:
@@ -264,10 +255,10 @@ def test_loader_names_the_file_a_worker_hangs_or_dies_on(tiny_root, monkeypatch,
 
 
 @pytest.mark.slow
-def test_sigkill_inside_a_mid_epoch_save_then_resume_matches_uninterrupted_run(tiny_root, tmp_path):
+def test_sigkill_inside_a_mid_epoch_save_then_resume_matches_uninterrupted_run(tiny_dataset, tmp_path):
     common = ["train.epochs=2", "train.save_every_steps=2", "train.log_every=1", "train.deterministic=true",
               "data.num_workers=0"]  # 6 steps per epoch
-    ref = _train(tiny_root, tmp_path / "runs", *common, "train.name=ref")
+    ref = _train(tiny_dataset, tmp_path / "runs", *common, "train.name=ref")
     assert ref.returncode == 0, ref.stderr[-3000:]
     ref_epochs, ref_steps = _history(tmp_path / "runs" / "ref")
     assert ref_epochs == [1, 2] and ref_steps == list(range(1, 13))
@@ -275,7 +266,7 @@ def test_sigkill_inside_a_mid_epoch_save_then_resume_matches_uninterrupted_run(t
     # torch.save calls: steps 2 and 4, epoch 1 (last.pt, best.pt; no step-6 save, the epoch-end
     # one follows it), step 8, then step 10: killed half-way through writing it, mid-epoch 2.
     run = tmp_path / "runs" / "killed"
-    _run_and_kill(tiny_root, tmp_path / "runs", *common, "train.name=killed", mode="save", at=6)
+    _run_and_kill(tiny_dataset, tmp_path / "runs", *common, "train.name=killed", mode="save", at=6)
     temps = list(run.glob(".last.pt.*.tmp"))
     assert len(temps) == 1 and temps[0].stat().st_size > 0
     with pytest.raises(CheckpointError):
@@ -284,7 +275,7 @@ def test_sigkill_inside_a_mid_epoch_save_then_resume_matches_uninterrupted_run(t
     assert (last["epoch"], last["epoch_complete"], last["extra"]["batches_done"], last["step"]) == (1, False, 2, 8)
     assert _history(run) == ([1], list(range(1, 11)))  # steps 9 and 10 ran after that save
 
-    resumed = _train(tiny_root, tmp_path / "runs", *common, "train.name=killed", "--resume", "auto")
+    resumed = _train(tiny_dataset, tmp_path / "runs", *common, "train.name=killed", "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "epoch 2, batch 2, step 8" in resumed.stderr  # the "resumed from" line
     assert "left by a run killed while saving" in resumed.stderr and not list(run.glob(".*.tmp"))
@@ -310,18 +301,18 @@ def _preempted_run(root: Path, out: Path, sig: str, *common: str) -> Path:
 
 
 @pytest.mark.slow
-def test_sigusr1_stops_like_sigterm(tiny_root, tmp_path):
-    _preempted_run(tiny_root, tmp_path / "runs", "SIGUSR1", "train.epochs=2", "data.num_workers=0")
+def test_sigusr1_stops_like_sigterm(tiny_dataset, tmp_path):
+    _preempted_run(tiny_dataset, tmp_path / "runs", "SIGUSR1", "train.epochs=2", "data.num_workers=0")
 
 
 @pytest.mark.slow
-def test_preemption_signal_checkpoints_mid_epoch_and_resume_matches_uninterrupted_run(tiny_root, tmp_path):
+def test_preemption_signal_checkpoints_mid_epoch_and_resume_matches_uninterrupted_run(tiny_dataset, tmp_path):
     """What SLURM and Kubernetes send before they preempt a job: the run stops cleanly and resumes."""
     common = ["train.epochs=2", "train.log_every=1", "train.deterministic=true", "data.num_workers=0"]  # 6 steps/epoch
-    ref = _train(tiny_root, tmp_path / "runs", *common, "train.name=ref")
+    ref = _train(tiny_dataset, tmp_path / "runs", *common, "train.name=ref")
     assert ref.returncode == 0, ref.stderr[-3000:]
-    run = _preempted_run(tiny_root, tmp_path / "runs", "SIGTERM", *common)
-    resumed = _train(tiny_root, tmp_path / "runs", *common, "train.name=pre", "--resume", "auto")
+    run = _preempted_run(tiny_dataset, tmp_path / "runs", "SIGTERM", *common)
+    resumed = _train(tiny_dataset, tmp_path / "runs", *common, "train.name=pre", "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "epoch 1, batch 4, step 4" in resumed.stderr
     assert _history(run) == _history(tmp_path / "runs" / "ref")
@@ -329,14 +320,14 @@ def test_preemption_signal_checkpoints_mid_epoch_and_resume_matches_uninterrupte
 
 
 @pytest.mark.slow
-def test_preemption_under_torchrun_stops_every_rank_at_the_same_step(tiny_root, tmp_path):
+def test_preemption_under_torchrun_stops_every_rank_at_the_same_step(tiny_dataset, tmp_path):
     """SIGTERM reaches only rank 1; the per-step all-reduce carries it, so rank 0 stops at the same step."""
     out = tmp_path / "runs"
     hook = _write_hook(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "KILL_MODE": "signal", "KILL_AT": "2", "KILL_MARKER": "x",
            "KILL_SIGNAL": "SIGTERM", "KILL_RANK": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(hook),
-           f"data.root={tiny_root}", f"train.output_dir={out}", *TINY, "train.epochs=2", "train.log_every=1",
+           f"data.root={tiny_dataset}", f"train.output_dir={out}", *TINY, "train.epochs=2", "train.log_every=1",
            "data.num_workers=0", "train.name=ddp", "train.batch_size=2"]  # 6 steps per epoch on 2 ranks
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     text = proc.stdout + proc.stderr

@@ -32,15 +32,6 @@ from actionrec.engine.tracking import RunLogger, clip_to_uint8, encode_gif
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory) -> Path:
-    """32 synthetic UCF-style videos (8 classes; 24 train / 8 test), 64x48, <= 16 frames."""
-    from actionrec.data.synthetic import generate_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("tiny") / "ucf"
-    return generate_synthetic_dataset(root, num_groups=4, clips_per_group=1, width=64, height=48, max_frames=16, seed=0)
-
-
 def tiny_overrides(root: Path, out_dir: Path) -> list[str]:
     """tools/train.py in seconds: test_resnet at 32 px, 4-frame clips, batch 4, one epoch, W&B off."""
     return [f"data.root={root}", f"train.output_dir={out_dir}", "data.clip_len=4", "data.resize_short=40",

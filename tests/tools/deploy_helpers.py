@@ -29,12 +29,9 @@ def load_tool(name: str):
 
 
 @pytest.fixture(scope="session")
-def deploy_dataset(tmp_path_factory) -> Path:
-    """A 32-video synthetic UCF-style dataset (8 classes x 4 groups, 64x48, <= 16 frames; 8 test videos)."""
-    from actionrec.data.synthetic import generate_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("deploy_data") / "ucf"
-    return generate_synthetic_dataset(root, num_groups=4, clips_per_group=1, width=64, height=48, max_frames=16, seed=0)
+def deploy_dataset(tiny_dataset) -> Path:
+    """The shared ``tiny_dataset`` (conftest): 8 classes x 4 groups, 64x48, <= 16 frames; 8 test videos."""
+    return tiny_dataset
 
 
 # feature_grid=2 as in configs/quickstart.yaml, so export and demo are tested with grid pooling.
