@@ -9,14 +9,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load_tool(name: str):
-    """Import ``tools/<name>.py`` as a module (the tools are scripts, not a package)."""
-    path = REPO / "tools" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"actionrec_tool_{name}", path)
+def load_module(name: str, path: Path):
+    """Import the file ``path`` as module ``name`` (scripts and test helpers are not in a package)."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def load_tool(name: str):
+    """Import ``tools/<name>.py`` as a module (the tools are scripts, not a package)."""
+    return load_module(f"actionrec_tool_{name}", REPO / "tools" / f"{name}.py")
 
 
 def tiny_overrides(root: Path, out_dir: Path) -> list[str]:

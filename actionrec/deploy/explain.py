@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from actionrec.deploy.backends import TorchBackend
 from actionrec.deploy.overlay import draw_heatmap
 from actionrec.deploy.streaming import StreamingClassifier, iter_frames
+from actionrec.errors import UsageError
 
 
 def feature_map_module(backbone: nn.Module, sample: torch.Tensor) -> tuple[str, nn.Module]:
@@ -47,7 +48,7 @@ def feature_map_module(backbone: nn.Module, sample: torch.Tensor) -> tuple[str, 
         (dotted module name, module).
 
     Raises:
-        ValueError: the map is not 4-D (ViT tokens) or no submodule produces it (a functional last op).
+        UsageError (a ValueError): the map is not 4-D (ViT tokens) or no submodule produces it (a functional last op).
     """
     calls: list[tuple[nn.Module, object]] = []
     names = {id(m): n for n, m in backbone.named_modules()}
@@ -62,11 +63,11 @@ def feature_map_module(backbone: nn.Module, sample: torch.Tensor) -> tuple[str, 
     kind = type(backbone).__name__
     if not torch.is_tensor(fmap) or fmap.dim() != 4:
         shape = tuple(fmap.shape) if torch.is_tensor(fmap) else type(fmap).__name__
-        raise ValueError(f"Grad-CAM needs a 2-D feature map (N, C, H, W); {kind}.forward_features gives {shape}")
+        raise UsageError(f"Grad-CAM needs a 2-D feature map (N, C, H, W); {kind}.forward_features gives {shape}")
     for mod, out in reversed(calls):
         if out is fmap:
             return names[id(mod)], mod
-    raise ValueError(f"Grad-CAM: no submodule of {kind} outputs the map forward_features returns")
+    raise UsageError(f"Grad-CAM: no submodule of {kind} outputs the map forward_features returns")
 
 
 @contextlib.contextmanager

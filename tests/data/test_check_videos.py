@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import re
@@ -19,18 +18,12 @@ from actionrec.data.check import BAD_STATUSES, VideoCheck, check_video, find_vid
 from actionrec.data.parallel import map_unordered
 from actionrec.data.splits import load_split
 from actionrec.data.synthetic import generate_synthetic_dataset
+from tests.helpers import load_module
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-broken = _load("broken_videos", Path(__file__).with_name("broken_videos.py"))
+broken = load_module("broken_videos", Path(__file__).with_name("broken_videos.py"))
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ The CUDA versions (NCCL, GPU placement) are in tests/gpu/.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -23,18 +22,12 @@ from actionrec import build
 from actionrec.config import ConfigError, config_from_checkpoint, load_config
 from actionrec.engine import distributed as D
 from actionrec.engine.checkpoint import load_checkpoint
+from tests.helpers import load_module
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-worker = _load("ddp_worker", Path(__file__).with_name("ddp_worker.py"))
+worker = load_module("ddp_worker", Path(__file__).with_name("ddp_worker.py"))
 
 # DDP averages per-rank gradients; one process sums over the whole batch. The only difference is
 # float32 summation order: measured max |diff| 1.2e-7 after 8 SGD steps, ~100x below this bound,
@@ -106,7 +99,7 @@ def test_placement_strings_checked_when_config_loads():
 
 
 def test_train_tool_fails_on_missing_device_before_reading_data(tmp_path):
-    train_tool = _load("train_tool", REPO / "tools" / "train.py")
+    train_tool = load_module("train_tool", REPO / "tools" / "train.py")
     # data.root does not exist: reaching the data would raise FileNotFoundError instead.
     args = train_tool.parse_args([f"data.root={tmp_path / 'missing'}", f"train.output_dir={tmp_path}",
                                   "model.placement.lstm=cuda:{2*local_rank+%d}" % (torch.cuda.device_count() + 1)])
