@@ -33,6 +33,10 @@ from actionrec.data.splits import (
 from actionrec.errors import UsageError
 
 
+def main(argv: list[str] | None = None) -> int:
+    return run_command(parse_args, run, argv)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = doc_parser(__doc__)
     parser.add_argument("root", type=Path, help="dataset root: ROOT/<Class>/<video>")
@@ -44,10 +48,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"where to write the lists (default: ROOT/{SPLIT_DIR_NAMES[0]})")
     parser.add_argument("--force", action="store_true", help="overwrite existing split lists")
     return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run_command(parse_args, run, argv)
 
 
 def run(args: argparse.Namespace) -> int:
