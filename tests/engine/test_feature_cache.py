@@ -164,3 +164,61 @@ def test_train_tool_with_cache_features(tiny_root, tmp_path):
     assert ckpt["config"]["model"]["feature_grid"] == 2  # from configs/quickstart.yaml: grid features get cached too
     fresh = create_model("cnn_lstm", num_classes=8, backbone="test_resnet", hidden_size=16, feature_grid=2)
     fresh.load_state_dict(ckpt["model"])
+
+
+def test_augmented_views_are_the_train_pipeline_and_epochs_cycle_through_them(tiny_root, tmp_path):
+    from actionrec.data.transforms import train_transform
+
+    model = _model()
+    split = load_split(tiny_root, split=1)
+    ds = VideoClipDataset(split.train, sampling=ClipSampling(clip_len=4), train=True, backend="decord", seed=5,
+                          transforms=[train_transform(resize_short=40, crop_size=32, mean=MEAN, std=STD, hflip=False,
+                                                      crop_scale=(0.4, 1.0), crop_ratio=(0.75, 1.33), color_jitter=0.3)])
+    caches = []
+    for v in range(3):
+        ds.set_epoch(v)
+        cache = _cache(tmp_path / "feats", model, ds, view=(5, v))
+        assert extract_features(model, ds, cache, batch_size=2) == []
+        with torch.no_grad():  # view v is exactly what training epoch v would have drawn
+            fresh = model.clip_features(ds[0]["clip"][None])[0]
+        torch.testing.assert_close(cache.get(ds.paths[0])[0], fresh, rtol=1e-5, atol=1e-5)
+        caches.append(cache)
+    assert len({c.key for c in caches}) == 3  # the view number is part of the key
+    assert not torch.allclose(caches[0].get(ds.paths[0]), caches[1].get(ds.paths[0]))
+    feats = FeatureDataset(ds, caches, train=True)
+    for epoch in (0, 1, 2, 3, 7):
+        feats.set_epoch(epoch)
+        torch.testing.assert_close(feats[0]["clip"], caches[epoch % 3].get(ds.paths[0])[0])
+    assert feats[0]["clip"].shape == (4, model.feature_dim)
+    # The same view of the same seed is read back from disk, not recomputed.
+    ds.set_epoch(1)
+    again = _cache(tmp_path / "feats", model, ds, view=(5, 1))
+    assert again.key == caches[1].key and again.get(ds.paths[0]) is not None
+
+
+def test_train_tool_with_augmented_views_motion_and_transformer(tiny_root, tmp_path):
+    """The cpu_pretrained recipe's path: K cached train views, motion features, transformer head;
+    the checkpoint then runs on raw clips (eval, demo) without the cache."""
+    from tests.helpers import load_tool
+
+    train_tool = load_tool("train")
+    overrides = [
+        f"data.root={tiny_root}", f"data.cache_dir={tmp_path / 'cache'}", "data.clip_len=4", "data.resize_short=40",
+        "data.crop_size=32", "data.num_workers=0", "model.backbone=test_resnet", "model.hidden_size=16",
+        "model.freeze_backbone=true", "model.temporal=transformer", "model.motion=only", "model.motion_map=4",
+        "train.cache_features=true", "train.cache_views=3", "train.batch_size=4", "train.epochs=2",
+        "train.device=cpu", "train.cpu_threads=1", "logging.wandb.mode=disabled", f"train.output_dir={tmp_path / 'runs'}",
+        "train.name=views",
+    ]
+    result = train_tool.main(train_tool.parse_args(["--config", str(REPO / "configs" / "quickstart.yaml"), *overrides]))
+    split = load_split(tiny_root, split=1)
+    keys = sorted((tmp_path / "cache" / "features").glob("*/key.json"))
+    assert len(keys) == 4  # three train views and the val clips
+    views = sorted(json.loads(k.read_text()).get("view", [None])[-1] or 0 for k in keys)
+    assert views == [0, 0, 1, 2] and all(json.loads(k.read_text())["motion_map"] == 4 for k in keys)
+    assert len(sorted((tmp_path / "cache" / "features").glob("*/*.pt"))) == 3 * len(split.train) + len(split.test)
+    from actionrec.build import model_from_checkpoint
+
+    _, model, classes = model_from_checkpoint(Path(result["run_dir"]) / "last.pt")
+    with torch.no_grad():
+        assert model(torch.randn(2, 4, 3, 32, 32)).shape == (2, len(classes))
