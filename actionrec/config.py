@@ -58,6 +58,7 @@ class DataConfig:
     crop_scale: tuple[float, float] = (0.35, 1.0)
     crop_ratio: tuple[float, float] = (0.75, 1.3333333)
     hflip: bool = True  # must be False when classes differ by left/right direction
+    balance: Literal["none", "sqrt", "inverse"] = "none"  # class-aware train sampling: weight count^-1/2 or count^-1
     color_jitter: float = 0.4
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -118,7 +119,10 @@ class OptimConfig:
     momentum: float = 0.9
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_epochs: float = 1.0
-    min_lr_ratio: float = 0.01  # cosine ends at lr * min_lr_ratio
+    min_lr_ratio: float = 0.01  # cosine ends at lr * min_lr_ratio; plateau never goes below it
+    scheduler: Literal["cosine", "plateau"] = "cosine"  # plateau: ReduceLROnPlateau on validation loss after warmup
+    plateau_patience: int = 2  # validations without a lower val loss before the lr drops
+    plateau_factor: float = 0.5  # lr multiplier at each drop
     clip_grad_norm: float = 1.0  # 0 disables clipping
     accum_steps: int = 1
 
@@ -135,6 +139,7 @@ class TrainConfig:
     name: str = ""  # run name; default: config file stem
     save_every_steps: int = 0  # also write last.pt every N optimizer steps (0: per epoch only)
     keep_best: int = 1
+    best_metric: Literal["mean_class_acc", "top1", "loss"] = "mean_class_acc"  # ranks best.pt (loss: lower is better)
     val_every: int = 1  # epochs between validations
     val_clips: int = 1
     max_steps_per_epoch: int = 0  # 0: the whole epoch; >0 caps it (smoke tests, debugging)
@@ -445,6 +450,8 @@ def validate(cfg: Config) -> None:
     _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
     _check(o.clip_grad_norm >= 0, "optim.clip_grad_norm", o.clip_grad_norm, "must be >= 0 (0 disables)")
     _check(o.accum_steps >= 1, "optim.accum_steps", o.accum_steps, "must be >= 1")
+    _check(o.plateau_patience >= 0, "optim.plateau_patience", o.plateau_patience, "must be >= 0")
+    _check(0 < o.plateau_factor < 1, "optim.plateau_factor", o.plateau_factor, "must be in (0, 1)")
 
     _check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
     _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")

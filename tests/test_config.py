@@ -57,6 +57,9 @@ def test_unknown_key_is_named(override, key):
         ("optim.lr=fast", "optim.lr"),
         ("model.pooling=max", "model.pooling"),
         ("data.crop_scale=[0.5]", "data.crop_scale"),
+        ("data.balance=weighted", "data.balance"),
+        ("optim.scheduler=step", "optim.scheduler"),
+        ("train.best_metric=top5", "train.best_metric"),
     ],
 )
 def test_wrong_type_is_named(override, key):
@@ -74,6 +77,9 @@ def test_wrong_type_is_named(override, key):
         ("train.device=tpu", "train.device"),
         ("model.pretrained=/no/such/file.pth", "model.pretrained"),
         ("train.cache_features=true", "train.cache_features"),
+        ("optim.plateau_factor=1", "optim.plateau_factor"),
+        ("optim.plateau_factor=0", "optim.plateau_factor"),
+        ("optim.plateau_patience=-1", "optim.plateau_patience"),
     ],
 )
 def test_invalid_values_are_named(override, key):

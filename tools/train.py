@@ -26,6 +26,7 @@ from actionrec.data.loader import build_loader, set_epoch
 from actionrec.engine import checkpoint as ckpt_io
 from actionrec.engine import distributed as D
 from actionrec.engine.loop import cpu_threads, evaluate, resolve_amp, setup_amp, train_one_epoch
+from actionrec.engine.metrics import format_per_class
 from actionrec.engine.optim import create_optimizer, create_scheduler, updates_per_epoch
 from actionrec.engine.plots import plot_confusion, plot_curves
 from actionrec.engine.preemption import PREEMPTED_EXIT, StopRequest
@@ -74,7 +75,8 @@ def main(args: argparse.Namespace, stop: StopRequest | None = None) -> dict:
     train_ds, val_ds = build.train_dataset(cfg, split), build.eval_dataset(cfg, split.test, num_clips=cfg.train.val_clips)
     loader_kw = dict(num_workers=cfg.data.num_workers, rank=dist.rank, world_size=dist.world_size,
                      seed=cfg.train.seed, pin_memory=device.type == "cuda", timeout=cfg.data.loader_timeout)
-    train_loader = build_loader(train_ds, batch_size=cfg.train.batch_size, train=True, **loader_kw)
+    train_loader = build_loader(train_ds, batch_size=cfg.train.batch_size, train=True, labels=train_ds.labels,
+                                balance=cfg.data.balance, **loader_kw)
     val_loader = build_loader(val_ds, batch_size=cfg.eval.batch_size, train=False, **loader_kw)
     failures = DecodeFailures(len(train_ds) + len(val_ds), cfg.data.max_bad_fraction)
 
@@ -88,14 +90,17 @@ def main(args: argparse.Namespace, stop: StopRequest | None = None) -> dict:
                                                              world_size=dist.world_size, barrier=D.barrier)
         failures.add(bad)
         feat_kw = {**loader_kw, "num_workers": 0}  # in-memory tensors: worker processes would only add overhead
-        train_loader = build_loader(train_feats, batch_size=cfg.train.batch_size, train=True, **feat_kw)
+        train_loader = build_loader(train_feats, batch_size=cfg.train.batch_size, train=True, labels=train_feats.labels,
+                                    balance=cfg.data.balance, **feat_kw)
         val_loader = build_loader(val_feats, batch_size=cfg.eval.batch_size, train=False, **feat_kw)
     criterion = build.loss_from(cfg, train_ds.labels, num_classes).to(head_dev)
     optimizer = create_optimizer(core, cfg.optim.name, **build.optimizer_kwargs(cfg))
     steps_per_epoch = len(train_loader) if not cfg.train.max_steps_per_epoch else min(len(train_loader), cfg.train.max_steps_per_epoch)
     updates = updates_per_epoch(steps_per_epoch, cfg.optim.accum_steps)
     scheduler = create_scheduler(optimizer, warmup_steps=int(cfg.optim.warmup_epochs * updates),
-                                 total_steps=cfg.train.epochs * updates, min_ratio=cfg.optim.min_lr_ratio)
+                                 total_steps=cfg.train.epochs * updates, min_ratio=cfg.optim.min_lr_ratio,
+                                 kind=cfg.optim.scheduler, patience=cfg.optim.plateau_patience,
+                                 factor=cfg.optim.plateau_factor)
     autocast, scaler = setup_amp(device, cfg.train.amp)
 
     # Resume: model, optimizer, schedule, scaler, RNG, epoch and W&B run id come from the checkpoint.
@@ -111,7 +116,9 @@ def main(args: argparse.Namespace, stop: StopRequest | None = None) -> dict:
             torch.manual_seed(D.rank_seed(cfg.train.seed, dist.rank, dist.world_size, step))
         log.info("resumed from %s: epoch %d, batch %d, step %d", resume_path, start_epoch + 1, skip_batches, step)
         del ckpt
-    saver = ckpt_io.CheckpointSaver(run_dir, cfg.train.keep_best)
+    best_key = f"val_{cfg.train.best_metric}"  # the history row's key of the metric that ranks best.pt
+    saver = ckpt_io.CheckpointSaver(run_dir, cfg.train.keep_best, metric=cfg.train.best_metric,
+                                    higher_is_better=cfg.train.best_metric != "loss")
     tracker = RunLogger(run_dir, wandb_kwargs=build.wandb_kwargs(cfg, run_dir, resume_id=wandb_id), enabled=dist.is_main)
     if dist.is_main:
         save_config(cfg, run_dir / "config.yaml")
@@ -179,6 +186,9 @@ def main(args: argparse.Namespace, stop: StopRequest | None = None) -> dict:
                                 show_progress=dist.is_main and sys.stderr.isatty())
             failures.add(last_val["failed"])
             row.update({f"val_{k}": last_val[k] for k in ("loss", "top1", "top5", "mean_class_acc")})
+            row.update({f"val/acc/{c}": a for c, a in last_val["per_class_acc"].items()})
+            if cfg.optim.scheduler == "plateau":  # every rank sees the same gathered loss, so lrs stay equal
+                scheduler.step_metric(last_val["loss"])
         row["bad_videos"] = len(failures.reasons)
         failures.check()
         if dist.is_main:
@@ -187,26 +197,30 @@ def main(args: argparse.Namespace, stop: StopRequest | None = None) -> dict:
                 media.update(tracker.val_videos(val_ds, last_val, classes, mean=cfg.data.mean, std=cfg.data.std))
             tracker.log_epoch(row, step=step, extra_wandb=media)
             ckpt = save(epoch, complete=True, metrics=row)
-            if "val_top1" in row and saver.update_best(ckpt, row["val_top1"], epoch + 1):
+            if "val_top1" in row and saver.update_best(ckpt, row[best_key], epoch + 1):
                 plot_confusion(last_val["confusion"], classes, run_dir / "plots" / "confusion_best.png",
-                               title=f"best: epoch {epoch + 1}, top-1 {row['val_top1']:.3f}")
+                               title=f"best: epoch {epoch + 1}, {cfg.train.best_metric} {row[best_key]:.3f}")
             plot_curves(tracker.history(), run_dir / "plots" / "curves.png")
             v = lambda k: f"{row[k]:.3f}" if k in row else "-"  # noqa: E731
             print(f"{epoch + 1:>5} {tr['loss']:>7.4f} {tr['acc']:>6.3f} {v('val_loss'):>8} {v('val_top1'):>6} "
                   f"{v('val_top5'):>6} {v('val_mean_class_acc'):>6} {tr['lr']:>9.2e} {tr['clips_per_s']:>7.1f} "
                   f"{tr['time_s']:>5.0f}s {len(failures.reasons):>4}", flush=True)
+            if "val_top1" in row:
+                print(f"{'':8}per-class: {format_per_class(last_val['per_class_acc'])}", flush=True)
         D.barrier()
         if tr["preempted"]:  # stopped on the epoch's last batch: its checkpoint is written above
             preempted = save_preempted(epoch, steps_per_epoch, written=True)
             break
     if dist.is_main:
         best = saver.best[0] if saver.best else None
-        log.info("done: best val top-1 %s | checkpoints in %s", f"{best['metric']:.4f} (epoch {best['epoch']})" if best else "n/a", run_dir)
+        log.info("done: best val %s %s | checkpoints in %s", cfg.train.best_metric,
+                 f"{best['metric']:.4f} (epoch {best['epoch']})" if best else "n/a", run_dir)
         if failures.reasons:
             log.warning("%d videos were skipped as unreadable: %s", len(failures.reasons), ", ".join(sorted(failures.reasons)))
         if best and cfg.logging.wandb.log_model:
             tracker.log_model(saver.best_path, aliases=["best", f"epoch-{best['epoch']}"], metadata={
-                "config": config_to_dict(cfg), "class_names": classes, "epoch": best["epoch"], "val_top1": best["metric"]})
+                "config": config_to_dict(cfg), "class_names": classes, "epoch": best["epoch"],
+                "best_metric": cfg.train.best_metric, best_key: best["metric"]})
     tracker.finish()
     D.cleanup()
     return {"run_dir": str(run_dir), "last_val": {k: last_val.get(k) for k in ("top1", "top5", "mean_class_acc", "loss")},

@@ -8,7 +8,9 @@ still reaches them because ``VideoClipDataset`` keeps its epoch in shared memory
 
 from __future__ import annotations
 
+import math
 import random
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -119,6 +121,58 @@ class ResumableDistributedSampler(DistributedSampler):
         return super().__len__() - self.skip
 
 
+BALANCE_POWER = {"sqrt": 0.5, "inverse": 1.0}  # data.balance -> p in weight = count(class)^-p
+
+
+class BalancedDistributedSampler(Sampler[int]):
+    """Class-aware training sampler: draws with replacement, rare classes more often; DDP-aware.
+
+    Each epoch draws ``world_size * ceil(N / world_size)`` indices with replacement, sample weight
+    ``count(class) ** -power`` (power 1: every class equally often; 0.5: class share proportional to
+    sqrt(count)), from a generator seeded by (seed, epoch). Every rank draws the same list and takes
+    its strided shard, so shards have equal length (as with ``DistributedSampler``) and the epoch is
+    reproducible. ``set_skip(n)`` drops the first n items of this rank's shard on the next
+    iteration only (mid-epoch resume), as ``ResumableDistributedSampler`` does.
+
+    Args:
+        labels: class index of every dataset item.
+        power: exponent p of the inverse class count (``BALANCE_POWER[data.balance]``).
+        num_replicas, rank: world size and this process's rank.
+        seed: base seed; ``set_epoch`` adds the epoch.
+    """
+
+    def __init__(self, labels: Sequence[int], *, power: float, num_replicas: int = 1, rank: int = 0, seed: int = 0):
+        if not len(labels):
+            raise ValueError("balanced sampling needs at least one labelled item")
+        labels_t = torch.as_tensor(list(labels), dtype=torch.long)
+        counts = torch.bincount(labels_t).double()
+        self.weights = counts[labels_t] ** -power
+        self.num_replicas, self.rank, self.seed = num_replicas, rank, seed
+        self.num_samples = math.ceil(len(labels_t) / num_replicas)
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def set_skip(self, num_items: int) -> None:
+        self.skip = num_items
+
+    def epoch_indices(self) -> list[int]:
+        """The whole epoch's draw (all ranks' items, before sharding)."""
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        drawn = torch.multinomial(self.weights, self.num_samples * self.num_replicas, replacement=True, generator=g)
+        return drawn.tolist()
+
+    def __iter__(self):
+        items = self.epoch_indices()[self.rank :: self.num_replicas][self.skip :]
+        self.skip = 0
+        return iter(items)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.skip
+
+
 def _seed_worker(worker_id: int) -> None:
     # Items draw from their own (seed, epoch, index) generators; this only pins stray global RNG use.
     seed = torch.initial_seed() % 2**32
@@ -138,6 +192,8 @@ def build_loader(
     pin_memory: bool = False,
     timeout: float = 0.0,
     drop_last: bool | None = None,
+    labels: Sequence[int] | None = None,
+    balance: str = "none",
 ) -> DataLoader:
     """Build the train or eval DataLoader.
 
@@ -151,9 +207,19 @@ def build_loader(
         pin_memory: pin host memory (use when training on CUDA).
         timeout: seconds to wait for a batch from a worker (0: forever); guards against a hung decoder.
         drop_last: defaults to ``train``.
+        labels: class of every item; needed when ``balance`` is not "none".
+        balance: "none" (each item once per epoch, shuffled), "sqrt" or "inverse": training draws
+            with ``BalancedDistributedSampler`` (ignored for evaluation, which visits every item once).
     """
     drop_last = train if drop_last is None else drop_last
-    if train:
+    if train and balance != "none":
+        if labels is None:
+            raise ValueError(f"balance={balance!r} needs the training labels")
+        if len(labels) != len(dataset):
+            raise ValueError(f"{len(labels)} labels for a dataset of {len(dataset)} items")
+        sampler = BalancedDistributedSampler(labels, power=BALANCE_POWER[balance], num_replicas=world_size, rank=rank,
+                                             seed=seed)
+    elif train:
         sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=False)
     else:
         sampler = ShardSampler(len(dataset), rank, world_size)

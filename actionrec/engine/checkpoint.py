@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import pickle
 import random
@@ -247,17 +248,30 @@ def make_checkpoint(
 
 
 class CheckpointSaver:
-    """Keeps ``last.pt`` plus the best ``keep_best`` checkpoints by a metric (higher is better).
+    """Keeps ``last.pt`` plus the best ``keep_best`` checkpoints by a metric.
 
     ``best.pt`` is always the top one; with ``keep_best > 1`` the kept ones are also stored as
-    ``best-epochNNN.pt``. The ranking survives restarts through ``best.json`` in the run folder.
+    ``best-epochNNN.pt``. The ranking survives restarts through ``best.json`` in the run folder,
+    whose entries name their metric: entries ranked by another metric (the run was resumed with
+    another ``train.best_metric``) are dropped, so the next validation becomes the new best.
+
+    Args:
+        run_dir: the run folder.
+        keep_best: how many best checkpoints to keep.
+        metric: the metric's name, stored with each entry (files without one held ``top1``).
+        higher_is_better: False for a loss. A NaN metric ranks last either way.
     """
 
-    def __init__(self, run_dir: str | Path, keep_best: int = 1):
+    def __init__(self, run_dir: str | Path, keep_best: int = 1, *, metric: str = "top1", higher_is_better: bool = True):
         self.dir = Path(run_dir)
         self.keep_best = keep_best
+        self.metric, self.higher_is_better = metric, higher_is_better
         self.index_path = self.dir / "best.json"
-        self.best: list[dict] = json.loads(self.index_path.read_text()) if self.index_path.is_file() else []
+        saved = json.loads(self.index_path.read_text()) if self.index_path.is_file() else []
+        self.best: list[dict] = [e for e in saved if e.get("name", "top1") == metric]
+        if len(self.best) < len(saved):
+            log.warning("%s ranks checkpoints by %s, this run by %s: the next validation starts a new ranking "
+                        "(best.pt is replaced then)", self.index_path, saved[0].get("name", "top1"), metric)
 
     def remove_stale_temp_files(self) -> list[Path]:
         """Delete temp files of ``atomic_save`` calls that a killed run never finished.
@@ -284,8 +298,11 @@ class CheckpointSaver:
 
     def update_best(self, ckpt: dict, metric: float, epoch: int) -> bool:
         """Record ``ckpt`` if it ranks among the best; returns True when it is the new top one."""
-        entries = [e for e in self.best if e["epoch"] != epoch] + [{"epoch": epoch, "metric": float(metric)}]
-        entries.sort(key=lambda e: (-e["metric"], e["epoch"]))
+        new = {"epoch": epoch, "metric": float(metric), "name": self.metric}
+        entries = [e for e in self.best if e["epoch"] != epoch] + [new]
+        sign = -1.0 if self.higher_is_better else 1.0
+        entries.sort(key=lambda e: (math.isnan(e["metric"]), sign * e["metric"] if not math.isnan(e["metric"]) else 0.0,
+                                    e["epoch"]))
         kept, dropped = entries[: self.keep_best], entries[self.keep_best :]
         if not any(e["epoch"] == epoch for e in kept):
             return False
@@ -358,6 +375,11 @@ def restore_training_state(
     if ckpt.get("optimizer") is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
     if ckpt.get("scheduler") is not None:
+        saved_plateau, plateau = "plateau" in ckpt["scheduler"], hasattr(scheduler, "step_metric")
+        if saved_plateau != plateau:
+            raise CheckpointError(
+                f"{source}: written with optim.scheduler={'plateau' if saved_plateau else 'cosine'}, resumed with "
+                f"{'plateau' if plateau else 'cosine'}; resume with the scheduler it was trained with")
         scheduler.load_state_dict(ckpt["scheduler"])
     if ckpt.get("scaler") is not None:
         scaler.load_state_dict(ckpt["scaler"])

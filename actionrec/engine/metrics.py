@@ -64,6 +64,20 @@ def classification_report(scores: np.ndarray, labels: np.ndarray, class_names: l
     }
 
 
+def format_per_class(per_class_acc: dict[str, float], limit: int = 20) -> str:
+    """One line of per-class accuracies: ``"PanLeft 0.92 | PanRight 0.75"``, in class order.
+
+    Past ``limit`` classes (UCF101 has 101) only the ``limit`` lowest are shown, lowest first,
+    so the line stays readable and names the classes that need attention.
+    """
+    items = list(per_class_acc.items())
+    head = ""
+    if len(items) > limit:
+        items = sorted(items, key=lambda kv: kv[1])[:limit]
+        head = f"{limit} lowest of {len(per_class_acc)}: "
+    return head + " | ".join(f"{name} {acc:.2f}" for name, acc in items)
+
+
 def confident_mistakes(scores: np.ndarray, labels: np.ndarray, num: int) -> list[tuple[int, int, float]]:
     """The ``num`` wrong predictions with the highest predicted-class score, most confident first.
 

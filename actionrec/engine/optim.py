@@ -1,4 +1,4 @@
-"""Optimizer and per-iteration learning-rate schedule (linear warmup, then cosine)."""
+"""Optimizer and per-iteration learning-rate schedule (linear warmup, then cosine or plateau)."""
 
 from __future__ import annotations
 
@@ -77,10 +77,77 @@ def updates_per_epoch(batches: int, accum_steps: int) -> int:
     return max(1, -(-batches // accum_steps))
 
 
+class WarmupPlateauLR:
+    """Linear warmup per optimizer step, then ``ReduceLROnPlateau`` on the validation loss.
+
+    ``step()`` is called after every optimizer step, like the cosine ``LambdaLR``, so the loop is
+    the same for both; ``step_metric(val_loss)`` after every validation. Validations that end
+    before warmup is over are ignored: the lr is still rising, so their losses say nothing about a
+    plateau. The lr never drops below ``initial_lr * min_ratio`` of its group.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, warmup_steps: int, patience: int, factor: float,
+                 min_ratio: float):
+        self.optimizer = optimizer
+        self.warmup_steps = warmup_steps
+        self.base_lrs = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
+        self.last_step = 0  # optimizer steps taken
+        self._warm()
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=factor, patience=patience, min_lr=[lr * min_ratio for lr in self.base_lrs])
+
+    def warming_up(self) -> bool:
+        return self.last_step + 1 < self.warmup_steps
+
+    def _warm(self) -> None:
+        # Same ramp as warmup_cosine_factor: (step + 1) / warmup_steps, reaching the base lr at warmup_steps - 1.
+        if self.last_step < self.warmup_steps:
+            for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+                g["lr"] = base * (self.last_step + 1) / self.warmup_steps
+
+    def step(self) -> None:
+        self.last_step += 1
+        self._warm()
+
+    def step_metric(self, val_loss: float) -> None:
+        if not self.warming_up():
+            self.plateau.step(val_loss)
+
+    def state_dict(self) -> dict:
+        """Plain numbers only, so checkpoints holding it load with ``weights_only=True``."""
+        return {"last_step": self.last_step, "plateau": self.plateau.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.last_step = int(state["last_step"])
+        self.plateau.load_state_dict(state["plateau"])
+
+
 def create_scheduler(
-    optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int, min_ratio: float
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-iteration LambdaLR; call ``scheduler.step()`` after every optimizer step."""
+    optimizer: torch.optim.Optimizer,
+    *,
+    warmup_steps: int,
+    total_steps: int,
+    min_ratio: float,
+    kind: str = "cosine",
+    patience: int = 2,
+    factor: float = 0.5,
+) -> torch.optim.lr_scheduler.LambdaLR | WarmupPlateauLR:
+    """Per-iteration schedule; call ``scheduler.step()`` after every optimizer step.
+
+    Args:
+        warmup_steps: optimizer steps of linear warmup.
+        total_steps: the cosine's length (unused by plateau).
+        min_ratio: the lowest lr as a fraction of each group's initial lr.
+        kind: "cosine" (``LambdaLR``) or "plateau" (``WarmupPlateauLR``; also call
+            ``step_metric(val_loss)`` after each validation).
+        patience, factor: plateau only: validations without improvement before the lr is
+            multiplied by ``factor``.
+    """
+    if kind == "plateau":
+        return WarmupPlateauLR(optimizer, warmup_steps=warmup_steps, patience=patience, factor=factor,
+                               min_ratio=min_ratio)
+    if kind != "cosine":
+        raise ValueError(f"unknown scheduler {kind!r}; choose cosine or plateau")
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda step: warmup_cosine_factor(step, warmup_steps=warmup_steps, total_steps=total_steps, min_ratio=min_ratio),

@@ -146,14 +146,15 @@ class RunLogger:
             self.wandb_run.log(payload, step=step)
 
     def eval_media(self, val: dict, class_names: Sequence[str]) -> dict:
-        """W&B confusion-matrix plot and per-class accuracy table of one validation.
+        """W&B confusion-matrix plot, per-class accuracy table and mean class accuracy of one validation.
 
         Args:
             val: ``evaluate`` output (``scores``, ``labels``, ``per_class_acc``, ``confusion``).
             class_names: the K class names.
 
         Returns:
-            ``{"val/confusion_matrix": plot, "val/per_class_acc": table}``; empty without W&B.
+            ``{"val/confusion_matrix": plot, "val/per_class_acc": table, "val/mean_class_acc": number}``;
+            empty without W&B.
         """
         if self.wandb_run is None or not len(val.get("labels", [])):
             return {}
@@ -166,6 +167,7 @@ class RunLogger:
                 y_true=val["labels"].tolist(), preds=val["scores"].argmax(1).tolist(), class_names=list(class_names)
             ),
             "val/per_class_acc": wandb.Table(columns=["class", "accuracy", "videos"], data=rows),
+            "val/mean_class_acc": val["mean_class_acc"],  # beside the val/acc/<class> scalars of the epoch row
         }
 
     def val_videos(

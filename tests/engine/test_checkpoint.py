@@ -51,3 +51,33 @@ def test_cpu_rng_round_trip():
     a = torch.rand(3)
     ck.set_rng_state(state)
     torch.testing.assert_close(torch.rand(3), a, rtol=0, atol=0)
+
+
+def _saver_run(tmp_path, metrics, **kw):
+    saver = ck.CheckpointSaver(tmp_path, **kw)
+    tops = [saver.update_best({"epoch": e}, m, e) for e, m in enumerate(metrics, 1)]
+    return saver, tops
+
+
+def test_saver_ranks_higher_or_lower_as_told_and_nan_last(tmp_path):
+    saver, tops = _saver_run(tmp_path / "acc", [0.5, 0.7, 0.6, float("nan")], keep_best=2)
+    assert tops == [True, True, False, False]
+    assert [e["epoch"] for e in saver.best] == [2, 3]
+    saver, tops = _saver_run(tmp_path / "loss", [1.0, 0.7, float("nan"), 0.8, 0.6], keep_best=2, metric="loss",
+                             higher_is_better=False)
+    assert tops == [True, True, False, False, True]
+    assert [(e["epoch"], e["name"]) for e in saver.best] == [(5, "loss"), (2, "loss")]
+    assert torch.load(tmp_path / "loss" / "best.pt", weights_only=True) == {"epoch": 5}
+    assert sorted(p.name for p in (tmp_path / "loss").glob("best-epoch*.pt")) == ["best-epoch002.pt", "best-epoch005.pt"]
+
+
+def test_saver_ranking_survives_a_restart_unless_the_metric_changed(tmp_path):
+    _saver_run(tmp_path, [0.2, 0.9], metric="mean_class_acc")
+    again = ck.CheckpointSaver(tmp_path, metric="mean_class_acc")
+    assert again.best == [{"epoch": 2, "metric": 0.9, "name": "mean_class_acc"}]
+    assert not again.update_best({"epoch": 3}, 0.5, 3)
+    other = ck.CheckpointSaver(tmp_path, metric="loss", higher_is_better=False)
+    assert other.best == []  # ranked by another metric: a new ranking starts
+    assert other.update_best({"epoch": 4}, 2.0, 4)
+    (tmp_path / "best.json").write_text('[{"epoch": 1, "metric": 0.4}]')  # written before entries named their metric
+    assert ck.CheckpointSaver(tmp_path).best == [{"epoch": 1, "metric": 0.4}]

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from actionrec.data.loader import BalancedDistributedSampler, build_loader
 from actionrec.engine.checkpoint import load_checkpoint
 from tests.helpers import REPO, tiny_overrides
 
@@ -27,12 +28,18 @@ def test_train_cli_two_steps_writes_run_folder(tiny_dataset, tmp_path):
     assert (run / "best.pt").is_file()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1] and 0 <= rows[0]["val_top1"] <= 1
+    per_class = {k.removeprefix("val/acc/"): v for k, v in rows[0].items() if k.startswith("val/acc/")}
+    assert list(per_class) == ckpt["class_names"]  # every class has validation videos here
+    assert rows[0]["val_mean_class_acc"] == pytest.approx(sum(per_class.values()) / len(per_class))
     assert (run / "metrics.csv").read_text().splitlines()[0].startswith("epoch,")
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["model"]["backbone"] == "test_resnet"
     assert (run / "plots" / "curves.png").stat().st_size > 1000
     assert (run / "plots" / "confusion_best.png").stat().st_size > 1000
     assert "epoch" in proc.stdout and "top1" in proc.stdout  # the per-epoch summary table
+    line = next(line for line in proc.stdout.splitlines() if "per-class:" in line)
+    assert line.split("per-class: ")[1] == " | ".join(f"{c} {a:.2f}" for c, a in per_class.items())
+    assert "best val mean_class_acc" in proc.stderr
 
 
 def test_train_cli_bad_override_is_one_line_error(tmp_path):
@@ -67,3 +74,34 @@ def test_resume_matches_uninterrupted_run(tiny_dataset, tmp_path, train_tool):
     assert [r["epoch"] for r in rows] == [1, 2, 3]  # no gap, no duplicate
     assert rows[-1]["val_top1"] == pytest.approx(straight["last_val"]["top1"])
     assert first["run_dir"] == resumed["run_dir"]
+
+
+def test_balanced_sampling_plateau_schedule_and_best_by_loss(tiny_dataset, tmp_path, train_tool, monkeypatch):
+    """data.balance reaches both train loaders (videos and cached features); plateau steps on val loss; best.pt by loss."""
+    samplers = []
+
+    def recording_build_loader(*args, **kwargs):
+        loader = build_loader(*args, **kwargs)
+        if kwargs["train"]:
+            samplers.append(loader.sampler)
+        return loader
+
+    monkeypatch.setattr(train_tool, "build_loader", recording_build_loader)
+    out = train_tool.main(train_tool.parse_args([
+        *tiny_overrides(tiny_dataset, tmp_path), "train.name=balanced", "train.epochs=3", "train.max_steps_per_epoch=2",
+        "data.balance=inverse", "optim.scheduler=plateau", "optim.warmup_epochs=0", "optim.plateau_patience=0",
+        "train.best_metric=loss", "model.freeze_backbone=true", "train.cache_features=true"]))
+    assert len(samplers) == 2 and all(isinstance(s, BalancedDistributedSampler) for s in samplers)
+    run = tmp_path / "balanced"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["val_loss"] for r in rows]
+    best_epoch = 1 + losses.index(min(losses))
+    assert out["best"][0] == {"epoch": best_epoch, "metric": pytest.approx(min(losses)), "name": "loss"}
+    assert load_checkpoint(run / "best.pt")["epoch"] == best_epoch - 1
+    sched = load_checkpoint(run / "last.pt")["scheduler"]
+    assert sched["last_step"] == 6 and sched["plateau"]["best"] == pytest.approx(min(losses))
+    # patience 0: the lr halves after every validation that does not lower the best loss so far
+    drops = 0
+    for e, r in enumerate(rows):
+        assert r["lr"] == pytest.approx(rows[0]["lr"] * 0.5**drops)
+        drops += e > 0 and losses[e] >= min(losses[:e])
