@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from actionrec.engine.checkpoint import load_checkpoint
-from tests.engine.test_robustness import REPO, TINY, tiny_root  # noqa: F401 (fixture)
+from tests.engine.test_robustness import REPO, TINY
 
 COMMON = ["train.log_every=1", "train.deterministic=true", "data.num_workers=0", "train.name=run"]
 
@@ -50,6 +50,11 @@ def _same_checkpoint(a: dict, b: dict) -> None:
     assert (a["epoch"], a["step"]) == (b["epoch"], b["step"])
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tiny_dataset) -> Path:
+    return tiny_dataset  # conftest's shared 32-video dataset; the runs here only read it
 
 
 @pytest.fixture(scope="module")
