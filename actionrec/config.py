@@ -93,7 +93,8 @@ class ModelConfig:
     freeze_backbone: bool = False
     freeze_stages: int = 0  # freeze the stem and the first N stages (when not fully frozen)
     grad_checkpointing: bool = False
-    channels_last: bool = False
+    # NHWC backbone: faster on every CPU measured (AVX2 EPYC 1.06-1.21x, AVX-512/AMX Xeon 1.19-1.40x: README 'CPU threads')
+    channels_last: bool = True
     placement: PlacementConfig = field(default_factory=PlacementConfig)
 
 
@@ -139,7 +140,7 @@ class TrainConfig:
     dist_backend: Literal["auto", "nccl", "gloo"] = "auto"
     sync_bn: bool = False
     cache_features: bool = False  # frozen backbone only: compute clip features once and reuse them
-    cpu_threads: int = 0  # torch threads when training on CPU; 0: the cores left over by data workers (>= 1)
+    cpu_threads: int = 0  # torch threads when training on CPU; 0: the free cores left over by data workers (>= 1)
 
 
 @dataclass(frozen=True)

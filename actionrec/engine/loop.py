@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import time
 from typing import Callable
 
@@ -16,6 +15,7 @@ from tqdm import tqdm
 
 from actionrec.engine.distributed import all_reduce_sum, gather_objects
 from actionrec.engine.metrics import classification_report, pool_views
+from actionrec.engine.threads import cpu_threads  # noqa: F401  (moved; tools/train.py imports it from here)
 
 log = logging.getLogger(__name__)
 
@@ -89,24 +89,6 @@ def setup_amp(device: torch.device, mode: str) -> tuple[Callable[[], contextlib.
     if dtype is None:
         return contextlib.nullcontext, scaler
     return (lambda: torch.autocast(device_type=device.type, dtype=dtype)), scaler
-
-
-def cpu_threads(requested: int, *, num_workers: int, procs_per_node: int = 1) -> int:
-    """Torch intra-op threads for training on CPU.
-
-    ``requested`` when > 0; otherwise the cores this process does not leave to its DataLoader
-    workers: cores // procs_per_node - num_workers, at least 1. Why: OpenMP threads wait for each
-    other at every op, and a thread whose core is taken by a decoding worker stalls the rest. On
-    the shared 2-core CI machine the quickstart (2 workers) trained 6.5x faster with 1 thread than with
-    torch's default of 2 (docs/benchmarks.md).
-    """
-    if requested > 0:
-        return requested
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, procs_per_node) - num_workers)
 
 
 class NonFiniteLossError(FloatingPointError):
