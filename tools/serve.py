@@ -41,6 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for inference (0: auto, the cores that other programs and the decode workers "
                         "leave free, at least 1; README 'CPU threads')")
+    p.add_argument("--int8", action="store_true",
+                   help="int8 model: an export folder's static int8 backbone and int8 head (tools/export.py --int8); "
+                        "a checkpoint's head quantised dynamically")
     p.add_argument("--max-batch", type=int, default=S.max_batch,
                    help="most frames per CNN call, gathered across requests; 1 turns batching off (default: %(default)s)")
     p.add_argument("--max-wait-ms", type=float, default=S.max_wait_ms,
@@ -117,7 +120,7 @@ def main(args: argparse.Namespace) -> None:
                     "use the default 127.0.0.1 unless that is what you want", args.host)
     sock = bind(args.host, args.port)
     threads = cpu_threads(args.threads, num_workers=settings.decode_workers)
-    model = load_served_model(args.model, device=args.device, threads=threads)
+    model = load_served_model(args.model, device=args.device, threads=threads, int8=args.int8)
     host, port = sock.getsockname()[:2]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
 
