@@ -146,6 +146,7 @@ def train_one_epoch(
     on_failed: Callable[[list], None] | None = None,
     stop_requested: Callable[[], bool] | None = None,
     step: int = 0,
+    distill: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict:
     """Train for one epoch.
 
@@ -172,6 +173,8 @@ def train_one_epoch(
             every rank finishes the optimizer step in progress and the epoch ends early with
             ``preempted`` set.
         step: global optimizer step at the start of the epoch.
+        distill: ``engine.distill.Distiller``: (clips, student logits) -> the soft-target term added
+            to the label loss (knowledge distillation); None: the label loss alone.
 
     Returns:
         dict with loss, acc (train top-1 on the augmented clips), clips_per_s, data_wait_frac,
@@ -206,6 +209,8 @@ def train_one_epoch(
             with autocast():
                 logits = model(clips)
             loss = criterion(logits.float(), labels)
+            if distill is not None:
+                loss = loss + distill(clips, logits.float())
             local_bad, any_bad, step_failed, any_stop = _agree_on_step(
                 loss, batch["failed"], out_device, stop=stop_requested is not None and stop_requested())
             stopping = stopping or any_stop
