@@ -269,6 +269,13 @@ def model_from_checkpoint(path: str | Path, overrides: tuple[str, ...] | list[st
     except (ValueError, RuntimeError, KeyError) as e:  # ConfigError is a ValueError
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: incompatible checkpoint: {detail}") from None
+    if ckpt.get("pruned"):  # tools/prune.py: the config's model with the recorded channel counts
+        from actionrec.models.pruning import apply_architecture
+
+        try:
+            apply_architecture(model, ckpt["pruned"]["modules"], ckpt["model"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{path}: incompatible checkpoint: {e}") from None
     fc = ckpt["model"].get("head.fc.weight")
     if hasattr(fc, "shape") and fc.ndim == 2 and fc.shape[0] != len(classes):
         raise CheckpointError(f"{path}: incompatible checkpoint: {len(classes)} class names, but its "
