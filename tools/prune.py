@@ -7,7 +7,8 @@
 torch-pruning removes whole backbone channels (the weakest by L2 norm, dependency-aware: residual
 adds, batch norms, the grid pooling and the LSTM's inputs shrink together) until at most --flops of
 the model's multiply-adds remain, then fine-tunes for --epochs on the checkpoint's training split
-(its config's optimizer and loss; dotted overrides change them). Writes --out/pruned.pt, a
+(its config's optimizer and loss; dotted overrides change them), with the unpruned model as a
+distillation teacher (--distill WEIGHT, 0: labels only). Writes --out/pruned.pt, a
 checkpoint every tool loads (demo, eval, export, serve, explain: the channel counts are stored as
 plain data, so it loads with weights_only=True), and --out/prune_report.json: FLOPs, parameters,
 per-clip latency and validation top-1 before pruning, after pruning and after the fine-tune.
@@ -28,6 +29,7 @@ from actionrec.config import config_to_dict
 from actionrec.data.loader import build_loader
 from actionrec.deploy.export import median_ms
 from actionrec.engine import checkpoint as ckpt_io
+from actionrec.engine.distill import Distiller
 from actionrec.engine.loop import evaluate, setup_amp, train_one_epoch
 from actionrec.engine.optim import create_optimizer, create_scheduler
 from actionrec.engine.threads import cpu_threads
@@ -42,6 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("overrides", nargs="*", help="dotted overrides for the fine-tune (e.g. optim.lr=1e-3 data.root=...)")
     p.add_argument("--flops", type=float, default=0.5, help="fraction of the FLOPs to keep, in (0, 1) (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs after pruning; 0: none (default: %(default)s)")
+    p.add_argument("--distill", type=float, default=1.0, metavar="WEIGHT",
+                   help="fine-tune with the unpruned model as the teacher (train.distill's loss, temperature "
+                        "train.distill.temperature) at this weight; 0: labels only (default: %(default)s)")
     p.add_argument("--round-to", type=int, default=8,
                    help="keep channel counts multiples of this (CPU kernels prefer widths of 8/16; default: %(default)s)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: <checkpoint dir>/pruned)")
@@ -51,8 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 0 < args.flops < 1:
         p.error(f"--flops must be in (0, 1), the fraction of the FLOPs to keep; got {args.flops}")
-    if args.epochs < 0 or args.num_clips < 1 or args.round_to < 1:
-        p.error("--epochs must be >= 0, --num-clips and --round-to >= 1")
+    if args.epochs < 0 or args.num_clips < 1 or args.round_to < 1 or args.distill < 0:
+        p.error("--epochs and --distill must be >= 0, --num-clips and --round-to >= 1")
     return args
 
 
@@ -66,8 +71,9 @@ def measure(model, loader, criterion, classes, example) -> dict:
     return {"macs": macs, "gflops": 2 * macs / 1e9, "params": params, "clip_ms": ms, "top1": top1}
 
 
-def fine_tune(model, cfg, split, criterion, epochs: int) -> list[dict]:
-    """``epochs`` of the trainer's loop (config optimizer, cosine schedule without warmup), fp32 on the CPU."""
+def fine_tune(model, cfg, split, criterion, epochs: int, distill=None) -> list[dict]:
+    """``epochs`` of the trainer's loop (config optimizer, cosine schedule without warmup), fp32 on the CPU,
+    with ``distill`` (an ``engine.distill.Distiller``) adding the teacher's soft targets."""
     ds = build.train_dataset(cfg, split)
     loader = build_loader(ds, batch_size=cfg.train.batch_size, train=True, num_workers=cfg.data.num_workers,
                           seed=cfg.train.seed, timeout=cfg.data.loader_timeout)
@@ -80,7 +86,7 @@ def fine_tune(model, cfg, split, criterion, epochs: int) -> list[dict]:
     for epoch in range(epochs):
         tr = train_one_epoch(model, loader, criterion, optimizer, scheduler, epoch=epoch, autocast=autocast, scaler=scaler,
                              clip_grad_norm=cfg.optim.clip_grad_norm, max_steps=cfg.train.max_steps_per_epoch,
-                             show_progress=False, step=step)
+                             show_progress=False, step=step, distill=distill)
         step = tr["step"]
         log.info("fine-tune epoch %d: loss %.4f, train acc %.3f", epoch + 1, tr["loss"], tr["acc"])
         history.append({"epoch": epoch + 1, "loss": tr["loss"], "acc": tr["acc"]})
@@ -116,7 +122,11 @@ def main(args: argparse.Namespace) -> dict:
     reference = build.model_from(cfg, len(classes))  # the unpruned architecture the stored shapes are relative to
     report["pruning"] = pruning.prune_to_macs(model, example, args.flops, round_to=args.round_to)
     report["after_pruning"] = measure(model, val, criterion, classes, example)
-    report["fine_tune"] = fine_tune(model, cfg, split, criterion, args.epochs)
+    teacher = None
+    if args.distill > 0:  # the unpruned model, as it was loaded, teaches its pruned copy
+        teacher = Distiller(build.model_from_checkpoint(args.checkpoint, args.overrides)[1], weight=args.distill,
+                            temperature=cfg.train.distill.temperature)
+    report["fine_tune"] = fine_tune(model, cfg, split, criterion, args.epochs, teacher)
     report["after_fine_tune"] = measure(model.eval(), val, criterion, classes, example)
     arch = pruning.architecture(model, reference)
     path = save(model, cfg, classes, arch, out, report)

@@ -112,6 +112,6 @@ def cpu_threads(requested: int, *, num_workers: int = 0, procs_per_node: int = 1
     cpus = available_cores()
     busy = measure_busy_cores(cpus)
     threads = choose_threads(0, cores=len(cpus), busy=busy, reserved=num_workers, procs=procs_per_node)
-    log.info("CPU threads: %d (auto: %d cores, %.1f busy with other work, %d for workers, %d processes)",
+    log.debug("CPU threads: %d (auto: %d cores, %.1f busy with other work, %d for workers, %d processes)",
              threads, len(cpus), busy, num_workers, procs_per_node)
     return threads
