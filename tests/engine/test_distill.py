@@ -15,7 +15,7 @@ from actionrec.engine.loop import train_one_epoch
 from actionrec.engine.optim import create_scheduler
 from actionrec.models.factory import create_model
 from actionrec.models.losses import FocalLoss
-from tests.tools.deploy_helpers import TINY_MODEL, deploy_dataset, load_tool, trained_checkpoint  # noqa: F401
+from tests.tools.deploy_helpers import TINY_MODEL, deploy_dataset, load_tool  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -85,22 +85,3 @@ def count_frames(path: Path) -> tuple[int, tuple[int, int]]:
     cap.release()
     return n, size
 
-
-@pytest.fixture(scope="session")
-def trained_checkpoint(deploy_dataset, tmp_path_factory) -> Path:
-    """The tiny model trained by tools/train.py for 20 epochs on ``deploy_dataset`` (~15 s; train top-1
-    ~0.6, test ~0.4 of 8 classes): a model with learned features, which int8, pruning and distillation
-    must keep, unlike an untrained one."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        out = tmp_path_factory.mktemp("trained")
-        tool = load_tool("train")
-        tool.main(tool.parse_args(["--config", str(REPO / "configs" / "quickstart.yaml"), f"data.root={deploy_dataset}",
-                                   *TINY_MODEL, "train.epochs=20", "train.cpu_threads=1", "train.amp=none",
-                                   f"train.output_dir={out}", "train.name=tiny"]))
-    finally:
-        torch.set_num_threads(threads)
-    return out / "tiny" / "last.pt"

@@ -13,8 +13,7 @@ import torch
 
 from actionrec import build
 from actionrec.deploy.export import onnx_session
-from tests.tools.deploy_helpers import (REPO, deploy_dataset, load_tool, trained_checkpoint,  # noqa: F401
-                                       write_test_video, write_tiny_checkpoint)
+from tests.tools.deploy_helpers import REPO, deploy_dataset, load_tool, write_test_video, write_tiny_checkpoint  # noqa: F401
 
 
 @pytest.fixture(autouse=True)
@@ -125,7 +124,7 @@ def test_int8_backbone_is_static_qdq_with_per_channel_weights(exported_int8):
     assert meta["files"]["backbone_int8"] == "backbone_int8.onnx"
 
 
-def test_int8_model_agrees_with_fp32_on_validation_videos(exported_int8, deploy_dataset):
+def test_int8_model_agrees_with_fp32_on_validation_videos(exported_int8):
     ckpt, out, report = exported_int8
     q = report["int8"]
     assert q["videos"] == 8 and set(q["top1"]) == {"fp32", "int8_backbone", "int8"}

@@ -10,8 +10,7 @@ import torch
 from actionrec import build
 from actionrec.engine.checkpoint import CheckpointError
 from actionrec.models import pruning
-from tests.tools.deploy_helpers import (deploy_dataset, load_tool, trained_checkpoint,  # noqa: F401
-                                       write_test_video)
+from tests.tools.deploy_helpers import load_tool, write_test_video
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
