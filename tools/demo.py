@@ -199,7 +199,8 @@ def main(args: argparse.Namespace) -> dict:
     elapsed = time.monotonic() - t0
     result = {"source": source.name, "model": info["model"], "live": source.live, "fps": source.fps,
               "processing_fps": round(frames / elapsed, 2) if elapsed > 0 else None,
-              "clip_len": info["clip_len"], **demo, "threads": threads, "batch": batch, "class_names": info["class_names"], "frames": frames,
+              "clip_len": info["clip_len"], **demo, "threads": threads, "batch": batch,
+              "class_names": info["class_names"], "frames": frames,
               "frames_encoded": backend.frames_encoded, "dropped": source.dropped, "explain": args.explain,
               "predictions": timeline}
     if args.json is not None:

@@ -91,7 +91,8 @@ def test_scores_equal_tools_eval_for_every_test_video(client, ckpt, monkeypatch,
 
     real = tool.evaluate
     monkeypatch.setattr(tool, "evaluate", spy)
-    res = tool.main(tool.parse_args([str(ckpt), "--out", str(tmp_path)]))  # 10 clips, centre crop, as served
+    # fp32 as served: --amp auto would pick bf16 on a CPU with native bf16 (AVX-512 BF16 / AMX)
+    res = tool.main(tool.parse_args([str(ckpt), "--out", str(tmp_path), "--amp", "none"]))  # 10 clips, centre crop
     cfg, _, classes = build.model_from_checkpoint(ckpt)
     test = build.dataset_split(cfg.data).test
     assert res["num_videos"] == len(test) == 8
