@@ -127,6 +127,26 @@ def model_from(cfg: Config, num_classes: int):
     return create_model("cnn_lstm", num_classes=num_classes, **model_kwargs(cfg.model))
 
 
+def distiller_from(cfg: Config, class_names: list[str], cnn_device, head_device, autocast):
+    """``train.distill``: the teacher checkpoint as an ``engine.distill.Distiller``, or None without one.
+
+    Raises:
+        ValueError: the teacher was trained on other classes (names or order) than the student's dataset.
+        CheckpointError: the teacher file is not a loadable checkpoint.
+    """
+    d = cfg.train.distill
+    if not d.teacher:
+        return None
+    from actionrec.engine.distill import Distiller
+
+    _, teacher, teacher_classes = model_from_checkpoint(Path(d.teacher).expanduser())
+    if teacher_classes != list(class_names):
+        raise ValueError(f"train.distill.teacher={d.teacher}: the teacher was trained on classes {teacher_classes}, "
+                         f"the student's dataset has {list(class_names)}")
+    return Distiller(teacher.place(cnn_device, head_device), weight=d.weight, temperature=d.temperature,
+                     autocast=autocast)
+
+
 def loss_from(cfg: Config, train_labels: list[int], num_classes: int):
     alpha = cfg.loss.alpha
     if alpha == "auto":
@@ -260,6 +280,13 @@ def model_from_checkpoint(path: str | Path, overrides: tuple[str, ...] | list[st
     except (ValueError, RuntimeError, KeyError) as e:  # ConfigError is a ValueError
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: incompatible checkpoint: {detail}") from None
+    if ckpt.get("pruned"):  # tools/prune.py: the config's model with the recorded channel counts
+        from actionrec.models.pruning import apply_architecture
+
+        try:
+            apply_architecture(model, ckpt["pruned"]["modules"], ckpt["model"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{path}: incompatible checkpoint: {e}") from None
     fc = ckpt["model"].get("head.fc.weight")
     if hasattr(fc, "shape") and fc.ndim == 2 and fc.shape[0] != len(classes):
         raise CheckpointError(f"{path}: incompatible checkpoint: {len(classes)} class names, but its "

@@ -125,3 +125,29 @@ def one_torch_thread():
 def two_torch_threads():
     """Two torch threads: the explain tests' brief training and 128 px Grad-CAM passes use both cores."""
     yield from _torch_threads(2)
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory) -> Path:
+    """tools/train.py's last.pt after 20 epochs of the tiny deploy model (test_resnet, 4 frames of 32 px) on a
+    32-video synthetic dataset (~15 s; train top-1 ~0.6, test ~0.4 of 8 classes): a model with learned
+    features, which int8, pruning and distillation must keep, unlike an untrained one. Defined here, not in
+    tests/tools/deploy_helpers.py, so that the session trains it once for every module that uses it."""
+    import torch
+
+    from actionrec.data.synthetic import generate_synthetic_dataset
+    from tests.tools.deploy_helpers import REPO, TINY_MODEL, load_tool
+
+    root = generate_synthetic_dataset(tmp_path_factory.mktemp("trained_data") / "ucf", num_groups=4, clips_per_group=1,
+                                      width=64, height=48, max_frames=16, seed=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path_factory.mktemp("trained")
+        tool = load_tool("train")
+        tool.main(tool.parse_args(["--config", str(REPO / "configs" / "quickstart.yaml"), f"data.root={root}",
+                                   *TINY_MODEL, "train.epochs=20", "train.cpu_threads=1", "train.amp=none",
+                                   f"train.output_dir={out}", "train.name=tiny"]))
+    finally:
+        torch.set_num_threads(threads)
+    return out / "tiny" / "last.pt"

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,18 +47,21 @@ COMMANDS = ("decode", "loader", "train-step", "demo", "memory")
 FULL = dict(videos=8, width=320, height=240, frames=180, clip_len=16, resize=256, crop=224, batch=4, workers=(0, 1, 2),
             backbone="resnet18", classes=101, wait_steps=24, bf16=(1, 2, 112), qs_step=None,
             small="mobilenetv3_small_100",
-            demo_frames=64, rerun_frames=32, mem_steps=20, mem_frames=100, overrides=[])
+            demo_frames=64, rerun_frames=32, mem_steps=20, mem_frames=100, overrides=[], thread_video=(768, 576),
+            stream_frames=160)
 QUICK = dict(videos=2, width=64, height=48, frames=24, clip_len=4, resize=40, crop=32, batch=2, workers=(0, 1),
              backbone="test_resnet", classes=8, wait_steps=3, bf16=(1, 2, 32), qs_step=(2, 2, 32), small=None,
-             demo_frames=12, rerun_frames=8, mem_steps=2, mem_frames=12,
+             demo_frames=12, rerun_frames=8, mem_steps=2, mem_frames=12, thread_video=(96, 72), stream_frames=12,
              overrides=["data.clip_len=4", "data.resize_short=40", "data.crop_size=32", "model.backbone=test_resnet",
                         "model.hidden_size=16", "train.batch_size=4", "data.num_workers=0"])
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=COMMANDS + ("serve", "all"),
-                   help="serve (tools/serve.py under 1, 4, 16 clients, batching on vs off) is not part of 'all'")
+    p.add_argument("command", choices=COMMANDS + ("serve", "deploy", "all"),
+                   help="serve (tools/serve.py under 1, 4, 16 clients, batching on vs off) and deploy (tools/demo.py: "
+                        "auto vs fixed threads with and without a busy core; torch vs onnxruntime fp32 vs int8 "
+                        "streaming) are not part of 'all'")
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test of the tool; figures meaningless)")
     p.add_argument("--repeats", type=int, default=0, help="timed rounds per benchmark (default: 3, quick: 1)")
     p.add_argument("--threads", type=int, default=0,
@@ -170,6 +174,38 @@ def memory(work: Path, s: dict, video: Path, threads: int) -> list[Row]:
     return rows
 
 
+def deploy(work: Path, s: dict, repeats: int) -> list[Row]:
+    """tools/demo.py end to end: thread choice under load, and resnet18 streaming fp32 vs int8 (perf/deploy.py)."""
+    from actionrec.perf import deploy as DP
+
+    big = B.make_videos(work / "videos_768", count=1, width=s["thread_video"][0], height=s["thread_video"][1],
+                        num_frames=s["frames"], h264=False)["xvid.avi"][0]
+    qs_cfg, _ = quickstart_cfg(work, s)
+    qs = work / "quickstart_model.pt"  # random weights at the quickstart's size: speed does not depend on them
+    torch.save(make_checkpoint(model=build.model_from(qs_cfg, 8), optimizer=None, scheduler=None, scaler=None, epoch=0,
+                               step=0, config=config_to_dict(qs_cfg), class_names=[f"c{i}" for i in range(8)]), qs)
+    big_ckpt = demo_checkpoint(work, s)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    rows = DP.bench_threads(big, {"quickstart model": ["--checkpoint", str(qs)],
+                                  f"{s['backbone']} {s['crop']}px": ["--checkpoint", str(big_ckpt), "--max-frames",
+                                                                      str(s["demo_frames"])]},
+                            cores=cores, repeats=repeats)
+    # The int8 backbone is calibrated on frames of a small generated dataset (speed only: weights are random).
+    calib = work / "calib_data"
+    if not calib.exists():
+        generate_synthetic_dataset(calib, num_groups=2, clips_per_group=1, width=320, height=240, max_frames=32)
+    export = work / "export_int8"
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "export.py"), str(big_ckpt), f"data.root={calib}",
+                           "data.num_workers=0", "--out", str(export), "--int8", "--no-eval", "--calib-frames", "64",
+                           "--bench-iters", "3"], capture_output=True, text=True, cwd=REPO)
+    if proc.returncode != 0:
+        raise RuntimeError(f"tools/export.py --int8 failed:\n{proc.stderr[-2000:]}")
+    avi = B.make_videos(work / "videos", count=s["videos"], width=s["width"], height=s["height"],
+                        num_frames=s["frames"])["xvid.avi"][0]
+    rows += DP.bench_streaming(avi, big_ckpt, export, frames=s["stream_frames"], repeats=repeats)
+    return rows
+
+
 def write_result(args: argparse.Namespace, info: dict, rows: list[Row], profiles: dict) -> dict:
     table = markdown_table(rows)
     result = {"machine": info, "command": " ".join(["python", "tools/benchmark.py"] + sys.argv[1:]),
@@ -234,6 +270,8 @@ def main(args: argparse.Namespace) -> dict:
                 profiles["demo streaming (cProfile)"] = cprofile_top(stream)
         elif cmd == "memory":
             rows += memory(work, s, avi[0], threads)
+        elif cmd == "deploy":
+            rows += deploy(work, s, repeats)
         elif cmd == "serve":
             from actionrec.perf.serve import run_serve_benchmark
 

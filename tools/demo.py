@@ -27,11 +27,13 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from actionrec.deploy.backends import ModelFileError, TorchBackend, load_onnx_backend
 from actionrec.deploy.overlay import crop_box, draw_heatmap, draw_overlay
 from actionrec.deploy.sources import VideoSourceError, display_available, open_source
 from actionrec.deploy.streaming import FpsMeter, StreamingClassifier, iter_frames
+from actionrec.engine.threads import cpu_threads
 
 WINDOW = "actionrec demo (q quits)"
 
@@ -43,10 +45,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint (default: newest best.pt under --runs)")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="where to look for the default checkpoint")
     p.add_argument("--onnx", type=Path, default=None, help="export folder of tools/export.py: run in onnxruntime")
-    p.add_argument("--int8", action="store_true", help="dynamically quantised int8 head (torch or ONNX)")
+    p.add_argument("--int8", action="store_true",
+                   help="int8: with --onnx the statically quantised backbone and int8 head (tools/export.py --int8); "
+                        "torch: the dynamically quantised head")
     p.add_argument("--device", default="cpu", help="torch device for --checkpoint (cpu, cuda, cuda:N)")
     p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads for inference (0: library default; 1 is often fastest for one frame at a time)")
+                   help="CPU threads for inference (0: auto, the cores other programs leave free; README 'CPU threads')")
+    p.add_argument("--batch", type=int, default=0,
+                   help="frames per CNN call (0: auto, 16 for a file without a window (throughput), 1 for a camera, "
+                        "a stream, a window or --explain (latency))")
     p.add_argument("--stride", type=int, default=None, help="run the head every N sampled frames (demo.stride)")
     p.add_argument("--smooth", type=int, default=None, help="average the last K windows (demo.smooth)")
     p.add_argument("--topk", type=int, default=None, help="labels shown (demo.topk)")
@@ -61,12 +68,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_model(args: argparse.Namespace) -> tuple[object, dict]:
+def load_model(args: argparse.Namespace, threads: int) -> tuple[object, dict]:
     """(backend, info) with info: class_names, clip_len, demo defaults, model (what was loaded)."""
     if args.explain and (args.onnx is not None or args.int8):
         raise ValueError("--explain needs the torch fp32 model (gradients): drop --onnx / --int8")
     if args.onnx is not None:
-        backend, meta = load_onnx_backend(args.onnx, int8=args.int8, threads=args.threads)
+        backend, meta = load_onnx_backend(args.onnx, int8=args.int8, threads=threads)
         return backend, {"class_names": meta["class_names"], "clip_len": meta["clip_len"], "demo": meta["demo"],
                          "model": str(args.onnx)}
     # The torch path imports the training stack only here, so --onnx runs without it.
@@ -85,8 +92,8 @@ def load_model(args: argparse.Namespace) -> tuple[object, dict]:
     else:
         device = resolve_device(args.device)
         model.place(device, device)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    if threads > 0:
+        torch.set_num_threads(threads)
     preprocess = build.eval_transforms_from(cfg.data)[0].frame
     if args.explain:
         from actionrec.deploy.explain import GradCamBackend
@@ -108,23 +115,59 @@ def open_writer(path: Path, fps: float, size: tuple[int, int]) -> cv2.VideoWrite
     return writer
 
 
+def encoded(source, clf: StreamingClassifier, backend, *, batch: int, max_frames: int):
+    """(index, BGR frame, CNN feature or None) for every frame; sampled frames encoded ``batch`` at a time.
+
+    Throughput mode for files: the sampled frames of a chunk go through the CNN in one call (fewer,
+    larger ops, which use the threads better), then the chunk is replayed in order, so predictions
+    equal frame-at-a-time ones. With ``batch`` 1 the feature is None: ``clf.push`` encodes the frame.
+    """
+    frames = iter_frames(source, max_frames=max_frames)
+    if batch <= 1:
+        yield from ((index, frame, None) for index, frame in frames)
+        return
+    chunk: list = []
+    while True:
+        for index, frame in frames:
+            chunk.append((index, frame))
+            if len(clf.sampled([i for i, _ in chunk])) >= batch:
+                break
+        if not chunk:
+            return
+        wanted = set(clf.sampled([i for i, _ in chunk]))
+        rgbs = [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for i, f in chunk if i in wanted]
+        feats = iter(backend.features_batch(np.stack([np.asarray(backend.preprocess(x), np.float32) for x in rgbs]))
+                     if rgbs else [])
+        for index, frame in chunk:
+            yield index, frame, next(feats) if index in wanted else None
+        chunk = []
+
+
 def main(args: argparse.Namespace) -> dict:
-    backend, info = load_model(args)
+    if args.batch < 0 or args.threads < 0:
+        raise ValueError(f"--batch and --threads must be >= 0 (0: auto), got {args.batch} and {args.threads}")
+    threads = cpu_threads(args.threads) if args.device == "cpu" or args.onnx is not None else args.threads
+    backend, info = load_model(args, threads)
     demo = {k: v if (v := getattr(args, k)) is not None else info["demo"][k]
             for k in ("stride", "smooth", "topk", "frame_step")}
     clf = StreamingClassifier(backend, info["class_names"], clip_len=info["clip_len"], **demo)
     source = open_source(args.source, webcam=args.webcam)
     show = not args.no_show and display_available()
+    # Latency mode (one frame per CNN call) wherever a frame must be shown as soon as it arrives.
+    batch = args.batch or (1 if source.live or show or args.explain else 16)
+    if args.explain and batch > 1:
+        raise ValueError("--explain runs one frame at a time: drop --batch")
     fps_src = source.fps if source.fps > 0 else 25.0
     writer, meter, last, timeline, cam = None, FpsMeter(), None, [], None
     frames, t0 = 0, time.monotonic()
     print(f"{source.name}: model {info['model']} | clip_len {info['clip_len']} | "
-          + " | ".join(f"{k} {v}" for k, v in demo.items()), file=sys.stderr)
+          + " | ".join(f"{k} {v}" for k, v in demo.items()) + f" | threads {threads} | batch {batch}", file=sys.stderr)
     try:
-        for index, frame in iter_frames(source, max_frames=args.max_frames):
+        for index, frame, feat in encoded(source, clf, backend, batch=batch, max_frames=args.max_frames):
             frames += 1
             if clf.wants(index):
-                pred = clf.push(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), index)
+                pred = (clf.push(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), index) if feat is None
+                        else clf.push_features(feat, index))
                 if pred is not None:
                     last = pred
                     # Files: time in the video; live sources: seconds since the demo started.
@@ -156,7 +199,8 @@ def main(args: argparse.Namespace) -> dict:
     elapsed = time.monotonic() - t0
     result = {"source": source.name, "model": info["model"], "live": source.live, "fps": source.fps,
               "processing_fps": round(frames / elapsed, 2) if elapsed > 0 else None,
-              "clip_len": info["clip_len"], **demo, "class_names": info["class_names"], "frames": frames,
+              "clip_len": info["clip_len"], **demo, "threads": threads, "batch": batch,
+              "class_names": info["class_names"], "frames": frames,
               "frames_encoded": backend.frames_encoded, "dropped": source.dropped, "explain": args.explain,
               "predictions": timeline}
     if args.json is not None:

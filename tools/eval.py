@@ -18,7 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
+
+import torch
 
 from actionrec import build
 from actionrec.cli import exit_on_error, setup_logging
@@ -28,6 +31,7 @@ from actionrec.engine import distributed as D
 from actionrec.engine.loop import evaluate, resolve_amp, setup_amp
 from actionrec.engine.metrics import confident_mistakes
 from actionrec.engine.plots import plot_confusion, plot_mistakes
+from actionrec.engine.threads import cpu_threads
 from actionrec.engine.tracking import RunLogger, clip_to_uint8
 
 log = logging.getLogger("actionrec.eval")
@@ -44,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], default="auto",
                    help="precision on that device; auto: bf16 on GPUs with native bf16, fp16 on older GPUs, fp32 on "
                         "CPUs without native bf16. The checkpoint's train.amp and train.device are not used")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads (0: auto, the cores that other programs and data.num_workers leave free, as in "
+                        "training; README 'CPU threads')")
     p.add_argument("--mistakes", type=int, default=8, help="videos in mistakes.png (default: %(default)s)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p.parse_args(argv)
@@ -93,6 +100,9 @@ def main(args: argparse.Namespace) -> dict:
                           rank=dist.rank, world_size=dist.world_size, pin_memory=device.type == "cuda",
                           timeout=cfg.data.loader_timeout)
     model.place(device, device)
+    if device.type == "cpu":  # as in training: leave the loader workers and other programs their cores
+        torch.set_num_threads(cpu_threads(args.threads, num_workers=cfg.data.num_workers,
+                                          procs_per_node=int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     autocast, _ = setup_amp(device, args.amp)
     criterion = build.loss_from(cfg, [s.label for s in split.train], len(classes)).to(device)
     views = cfg.eval.num_clips * cfg.eval.num_crops

@@ -29,6 +29,7 @@ from actionrec.cli import exit_on_error, setup_logging
 from actionrec.data.loader import build_loader
 from actionrec.deploy import export as E
 from actionrec.deploy.backends import write_meta
+from actionrec.engine.threads import cpu_threads
 
 log = logging.getLogger("actionrec.export")
 
@@ -43,9 +44,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-eval", action="store_true", help="skip the accuracy comparison on the validation split")
     p.add_argument("--num-clips", type=int, default=1, help="clips per validation video (default: %(default)s)")
     p.add_argument("--bench-iters", type=int, default=30, help="timed repetitions per latency (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="CPU threads for the timings, torch and onnxruntime alike (default: %(default)s; "
-                        "one thread keeps them comparable on a busy machine)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for the timings, torch and onnxruntime alike (0: auto, the cores other programs "
+                        "and data.num_workers leave free; README 'CPU threads')")
+    p.add_argument("--int8", action="store_true",
+                   help="also quantise the backbone: onnxruntime static int8 (QDQ, per-channel weights) calibrated on "
+                        "training frames -> backbone_int8.onnx; report.json compares the int8 model with fp32")
+    p.add_argument("--calib-frames", type=int, default=256,
+                   help="training frames (eval transform) that calibrate the int8 backbone (default: %(default)s)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p.parse_args(argv)
 
@@ -99,9 +105,60 @@ def speed_report(model, qmodel, paths: dict, *, clip_len: int, crop_size: int, i
             "clip_speedup_torch": ms["clip_torch_fp32"] / ms["clip_torch_int8_head"]}
 
 
+def calibration_frames(cfg, count: int) -> np.ndarray:
+    """(count, 3, S, S) training frames as the deployed model sees them (eval transform, centre crop),
+    from training videos spread over the split (one clip each, frames in turn) until ``count`` are taken."""
+    split = build.dataset_split(cfg.data)
+    ds = build.eval_dataset(cfg, split.train, num_clips=1)
+    order = np.linspace(0, len(ds) - 1, num=min(len(ds), max(1, -(-count // cfg.data.clip_len)))).round().astype(int)
+    frames = []
+    for i in dict.fromkeys(order.tolist()):
+        item = ds[i]
+        if item["clip"] is not None:
+            frames.extend(item["clip"][0].numpy())  # (T, C, H, W) of the one view
+    if not frames:
+        raise ValueError("no training video could be decoded for the int8 calibration")
+    return np.stack(frames[:count]).astype(np.float32)
+
+
+def int8_report(paths: dict, cfg, args, threads: int) -> dict:
+    """The whole int8 model (static int8 backbone + dynamic int8 head) vs fp32, both in onnxruntime:
+    top-1 on the validation split and per-frame backbone latency at batch 1 and 16."""
+    s = cfg.data.crop_size
+    rep: dict = {"calibration_frames": args.calib_frames, "format": "QDQ, per-channel int8 weights (7-bit), "
+                 "uint8 activations, MinMax calibration"}
+    enc = {k: E.onnx_head(paths[k], threads) for k in ("backbone", "backbone_int8")}
+    x1, x16 = (np.random.default_rng(0).standard_normal((n, 3, s, s)).astype(np.float32) for n in (1, 16))
+    rep["frame_ms"] = {f"{k}_batch{len(x)}": E.median_ms(lambda f=f, x=x: f(x), iters=args.bench_iters) / len(x)
+                       for k, f in enc.items() for x in (x1, x16)}
+    rep["speedup_batch1"] = rep["frame_ms"]["backbone_batch1"] / rep["frame_ms"]["backbone_int8_batch1"]
+    rep["speedup_batch16"] = rep["frame_ms"]["backbone_batch16"] / rep["frame_ms"]["backbone_int8_batch16"]
+    if args.no_eval:
+        return rep
+    split = build.dataset_split(cfg.data)
+    ds = build.eval_dataset(cfg, split.test, num_clips=args.num_clips)
+    loader = build_loader(ds, batch_size=cfg.eval.batch_size, train=False, num_workers=cfg.data.num_workers,
+                          timeout=cfg.data.loader_timeout)
+    feats, labels = E.collect_onnx_features(enc, loader)
+    labels = labels.numpy()
+    heads = {k: E.onnx_head(paths[k], threads) for k in ("head", "head_int8")}
+    scores = {"fp32": E.head_scores(heads["head"], feats["backbone"]),
+              "int8_backbone": E.head_scores(heads["head"], feats["backbone_int8"]),
+              "int8": E.head_scores(heads["head_int8"], feats["backbone_int8"])}
+    rep.update(videos=int(len(labels)), views=int(feats["backbone"].shape[1]),
+               top1={k: float((v.argmax(1) == labels).mean()) for k, v in scores.items()},
+               changed_predictions={k: int((v.argmax(1) != scores["fp32"].argmax(1)).sum()) for k, v in scores.items()},
+               max_score_diff={k: float(np.abs(v - scores["fp32"]).max()) for k, v in scores.items()})
+    rep["top1_change_points"] = {k: 100 * (v - rep["top1"]["fp32"]) for k, v in rep["top1"].items()}
+    return rep
+
+
 def main(args: argparse.Namespace) -> dict:
     setup_logging()
+    if args.calib_frames < 1:
+        raise ValueError(f"--calib-frames must be >= 1, got {args.calib_frames}")
     cfg, model, classes = build.model_from_checkpoint(args.checkpoint, args.overrides)
+    threads = cpu_threads(args.threads, num_workers=cfg.data.num_workers)
     out = args.out or args.checkpoint.parent / "export"
     clip_len, crop = cfg.data.clip_len, cfg.data.crop_size
 
@@ -113,6 +170,10 @@ def main(args: argparse.Namespace) -> dict:
     if too_far:
         raise ValueError(f"ONNX outputs differ from torch by more than --atol {args.atol:g}: {too_far}")
     paths["head_int8"] = E.quantize_onnx_head(paths["head"], out / "head_int8.onnx")
+    if args.int8:
+        frames = calibration_frames(cfg, args.calib_frames)
+        log.info("calibrating the int8 backbone on %d training frames", len(frames))
+        paths["backbone_int8"] = E.quantize_onnx_backbone(paths["backbone"], out / "backbone_int8.onnx", frames)
     qmodel = E.quantize_head(model)
     write_meta(out, {
         "class_names": classes, "clip_len": clip_len, "feature_dim": model.feature_dim, "backbone": cfg.model.backbone,
@@ -129,9 +190,11 @@ def main(args: argparse.Namespace) -> dict:
               "sizes_bytes": {k: p.stat().st_size for k, p in paths.items()},
               "head_state_bytes": {"fp32": E.state_dict_bytes(model.head), "int8": E.state_dict_bytes(qmodel.head)},
               "speed": speed_report(model, qmodel, paths, clip_len=clip_len, crop_size=crop, iters=args.bench_iters,
-                                    threads=args.threads)}
+                                    threads=threads)}
     if not args.no_eval:
         report["accuracy"] = accuracy_report(model, qmodel, {"fp32": paths["head"], "int8": paths["head_int8"]}, cfg, args)
+    if args.int8:
+        report["int8"] = int8_report(paths, cfg, args, threads)
     (out / "report.json").write_text(json.dumps(report, indent=2))
 
     ms = report["speed"]["ms"]
@@ -145,6 +208,16 @@ def main(args: argparse.Namespace) -> dict:
         print(f"validation top-1 ({acc['videos']} videos x {acc['views']} clips): " + ", ".join(
             f"{k} {100 * v:.2f}% ({report['accuracy']['top1_change_points'][k]:+.2f} pt, "
             f"{acc['changed_predictions'][k]} changed)" for k, v in acc["top1"].items()))
+    if "int8" in report:
+        q = report["int8"]
+        print(f"int8 backbone per frame ({threads} threads): batch 1 {q['frame_ms']['backbone_batch1']:.2f} -> "
+              f"{q['frame_ms']['backbone_int8_batch1']:.2f} ms ({q['speedup_batch1']:.2f}x), batch 16 "
+              f"{q['frame_ms']['backbone_batch16']:.2f} -> {q['frame_ms']['backbone_int8_batch16']:.2f} ms "
+              f"({q['speedup_batch16']:.2f}x)")
+        if "top1" in q:
+            print(f"int8 model top-1 ({q['videos']} videos x {q['views']} clips, onnxruntime): fp32 "
+                  f"{100 * q['top1']['fp32']:.2f}%, int8 {100 * q['top1']['int8']:.2f}% "
+                  f"({q['top1_change_points']['int8']:+.2f} pt, {q['changed_predictions']['int8']} changed)")
     print(f"wrote {out / 'model.json'} and {out / 'report.json'}")
     return report
 

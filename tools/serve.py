@@ -39,7 +39,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s; 0: any free port)")
     p.add_argument("--device", default="cpu", help="torch device for a checkpoint (cpu, cuda, cuda:N)")
     p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads for inference (0: the cores the decode workers leave, at least 1)")
+                   help="CPU threads for inference (0: auto, the cores that other programs and the decode workers "
+                        "leave free, at least 1; README 'CPU threads')")
+    p.add_argument("--int8", action="store_true",
+                   help="int8 model: an export folder's static int8 backbone and int8 head (tools/export.py --int8); "
+                        "a checkpoint's head quantised dynamically")
     p.add_argument("--max-batch", type=int, default=S.max_batch,
                    help="most frames per CNN call, gathered across requests; 1 turns batching off (default: %(default)s)")
     p.add_argument("--max-wait-ms", type=float, default=S.max_wait_ms,
@@ -75,16 +79,6 @@ def settings_from(args: argparse.Namespace):
     return s
 
 
-def inference_threads(requested: int, decode_workers: int) -> int:
-    """``requested`` if > 0, else cores minus decode workers, at least 1: ``engine.loop.cpu_threads``' rule
-    for training (OpenMP threads wait for each other at every op, and one whose core a worker holds
-    stalls the rest), restated here because that module imports torch and the ONNX path must not."""
-    if requested > 0:
-        return requested
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores - decode_workers)
-
-
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -117,6 +111,7 @@ def main(args: argparse.Namespace) -> None:
     except ImportError as e:
         raise ValueError(f"tools/serve.py needs the 'serve' extra ({e}): pip install -e \".[serve]\"") from None
     from actionrec.deploy.service import load_served_model
+    from actionrec.engine.threads import cpu_threads
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_from(args)
@@ -124,8 +119,8 @@ def main(args: argparse.Namespace) -> None:
         log.warning("listening on %s: reachable from other machines, with no authentication and no TLS; "
                     "use the default 127.0.0.1 unless that is what you want", args.host)
     sock = bind(args.host, args.port)
-    threads = inference_threads(args.threads, settings.decode_workers)
-    model = load_served_model(args.model, device=args.device, threads=threads)
+    threads = cpu_threads(args.threads, num_workers=settings.decode_workers)
+    model = load_served_model(args.model, device=args.device, threads=threads, int8=args.int8)
     host, port = sock.getsockname()[:2]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
 

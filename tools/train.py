@@ -102,6 +102,10 @@ def main(args: argparse.Namespace, stop: StopRequest | None = None) -> dict:
                                  kind=cfg.optim.scheduler, patience=cfg.optim.plateau_patience,
                                  factor=cfg.optim.plateau_factor)
     autocast, scaler = setup_amp(device, cfg.train.amp)
+    distill = build.distiller_from(cfg, classes, cnn_dev, head_dev, autocast)  # None without train.distill.teacher
+    if distill is not None:
+        log.info("distilling from %s: weight %g, temperature %g", cfg.train.distill.teacher, distill.weight,
+                 distill.temperature)
 
     # Resume: model, optimizer, schedule, scaler, RNG, epoch and W&B run id come from the checkpoint.
     start_epoch, skip_batches, step, wandb_id = 0, 0, 0, None
@@ -172,7 +176,8 @@ def main(args: argparse.Namespace, stop: StopRequest | None = None) -> dict:
             # an epoch with nothing left to run would log that epoch with empty training metrics.
             on_save=lambda done, at: dist.is_main and done < steps_per_epoch and save(
                 epoch, complete=False, batches_done=done, at_step=at),
-            save_every_steps=cfg.train.save_every_steps, on_failed=failures.record, stop_requested=stop.requested)
+            save_every_steps=cfg.train.save_every_steps, on_failed=failures.record, stop_requested=stop.requested,
+            distill=distill)
         step, skip_batches = tr["step"], 0
         if tr["preempted"] and tr["batches_done"] < steps_per_epoch:
             preempted = save_preempted(epoch, tr["batches_done"])

@@ -190,17 +190,23 @@ def load_onnx_backend(path: str | Path, *, int8: bool = False, threads: int = 0)
 
     Args:
         path: export folder, its ``model.json``, or any file in it.
-        int8: use the dynamically quantised head (``head_int8.onnx``) instead of the fp32 one.
+        int8: the int8 model: the statically quantised backbone (``backbone_int8.onnx``, written by
+            ``tools/export.py --int8``) and the dynamically quantised head (``head_int8.onnx``).
         threads: onnxruntime intra-op threads (0: its default).
+
+    Raises:
+        ModelFileError: a file is missing, or ``int8`` for an export made without ``--int8``.
     """
     folder, meta = read_meta(path)
     files = meta.get("files", {})
-    head_key = "head_int8" if int8 else "head"
-    if head_key not in files or "backbone" not in files:
-        raise ModelFileError(f"{folder / META_NAME}: lists no {head_key!r} or 'backbone' file")
-    for key in ("backbone", head_key):
+    keys = ("backbone_int8", "head_int8") if int8 else ("backbone", "head")
+    if int8 and "backbone_int8" not in files:
+        raise ModelFileError(f"{folder / META_NAME}: no int8 backbone in this export; run tools/export.py with --int8")
+    for key in keys:
+        if key not in files:
+            raise ModelFileError(f"{folder / META_NAME}: lists no {key!r} file")
         if not (folder / files[key]).is_file():
             raise ModelFileError(f"{folder / files[key]}: missing (listed in {META_NAME})")
     pre = FramePreprocessor(**meta["preprocess"])
-    backend = OnnxBackend(folder / files["backbone"], folder / files[head_key], pre, threads=threads)
+    backend = OnnxBackend(folder / files[keys[0]], folder / files[keys[1]], pre, threads=threads)
     return backend, meta

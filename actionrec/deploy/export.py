@@ -1,5 +1,6 @@
 """ONNX export of a CNNLSTM (whole clip model and the two streaming parts), onnxruntime checks,
-dynamic int8 quantisation of the temporal head, and the measurements that justify it.
+dynamic int8 quantisation of the temporal head, static int8 quantisation of the backbone, and the
+measurements that justify them.
 
 Files written by ``export_onnx``:
     clip.onnx      (B, T, 3, S, S) clips    -> (B, K) logits     dynamic B
@@ -172,6 +173,52 @@ def quantize_onnx_head(src: str | Path, dst: str | Path) -> Path:
     return Path(dst)
 
 
+def quantize_onnx_backbone(src: str | Path, dst: str | Path, frames: np.ndarray, *, batch: int = 16,
+                           reduce_range: bool = True) -> Path:
+    """onnxruntime static int8 quantisation of an exported backbone: QDQ, per-channel weights.
+
+    Activation ranges come from running the fp32 backbone over ``frames`` (MinMax calibration);
+    weights are int8 per output channel, activations uint8. ``reduce_range``: 7-bit weights, as for
+    the head, because x86 CPUs without VNNI (the AVX2 EPYC machines) sum u8 x s8 products in pairs
+    into int16, which can saturate with full-range weights.
+
+    Args:
+        src: fp32 ``backbone.onnx`` ((N, 3, S, S) frames -> (N, D) features).
+        dst: where the int8 model goes.
+        frames: (N, 3, S, S) float32 calibration frames, preprocessed as at inference
+            (training videos through the eval transform).
+        batch: frames per calibration call.
+    """
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if frames.ndim != 4 or not len(frames):
+        raise ValueError(f"calibration needs (N, 3, S, S) frames, got shape {frames.shape}")
+    src, dst = Path(src), Path(dst)
+    name = onnx_session(src).get_inputs()[0].name
+
+    class Frames(CalibrationDataReader):
+        def __init__(self):
+            self._batches = iter([{name: np.ascontiguousarray(frames[i:i + batch], np.float32)}
+                                  for i in range(0, len(frames), batch)])
+
+        def get_next(self):
+            return next(self._batches, None)
+
+    prepared = dst.with_name(dst.stem + ".prep.onnx")  # shapes inferred and graph optimised, as ORT advises
+    logging.disable(logging.WARNING)  # the quantiser's advice goes to the root logger
+    try:
+        quant_pre_process(str(src), str(prepared))
+        quantize_static(str(prepared), str(dst), Frames(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+    finally:
+        logging.disable(logging.NOTSET)
+        prepared.unlink(missing_ok=True)
+    return dst
+
+
 @torch.inference_mode()
 def collect_features(model: CNNLSTM, loader) -> tuple[torch.Tensor, torch.Tensor]:
     """Backbone features of every eval clip, computed once so head variants compare on equal input.
@@ -194,6 +241,32 @@ def collect_features(model: CNNLSTM, loader) -> tuple[torch.Tensor, torch.Tensor
     return torch.cat(feats), torch.cat(labels)
 
 
+def collect_onnx_features(encoders: dict[str, Callable[[np.ndarray], np.ndarray]], loader
+                          ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """``collect_features`` for several frame encoders (e.g. fp32 and int8 ONNX backbones) in one pass.
+
+    Args:
+        encoders: name -> function (N, 3, S, S) float32 frames -> (N, D) features.
+
+    Returns:
+        ({name: (N, V, T, D) features}, labels (N,)).
+    """
+    feats: dict[str, list] = {k: [] for k in encoders}
+    labels = []
+    for batch in loader:
+        if batch["clip"] is None:
+            continue
+        clips = batch["clip"]  # (B, V, T, C, H, W)
+        b, v, t = clips.shape[:3]
+        frames = clips.flatten(0, 2).numpy()  # (B*V*T, C, H, W)
+        for name, encode in encoders.items():
+            feats[name].append(torch.from_numpy(np.asarray(encode(frames), np.float32)).view(b, v, t, -1))
+        labels.append(batch["label"])
+    if not labels:
+        raise ValueError("no evaluation clips could be decoded")
+    return {k: torch.cat(f) for k, f in feats.items()}, torch.cat(labels)
+
+
 def head_scores(head: Callable[[np.ndarray], np.ndarray], feats: torch.Tensor) -> np.ndarray:
     """(N, K) video scores: softmax of ``head`` logits averaged over each video's V views."""
     n, v = feats.shape[:2]
@@ -210,6 +283,7 @@ def torch_head(model: CNNLSTM) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def onnx_head(path: str | Path, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """An ONNX file with one input and one output (a head or a backbone) as a numpy function."""
     sess = onnx_session(path, threads)
     name = sess.get_inputs()[0].name
     return lambda x: sess.run(None, {name: np.ascontiguousarray(x, np.float32)})[0]

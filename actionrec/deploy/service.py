@@ -68,8 +68,11 @@ def is_export_dir(path: str | Path) -> bool:
     return (p.is_dir() and (p / META_NAME).is_file()) or p.name == META_NAME or p.suffix == ".onnx"
 
 
-def load_served_model(path: str | Path, *, device: str = "cpu", threads: int = 0) -> ServedModel:
+def load_served_model(path: str | Path, *, device: str = "cpu", threads: int = 0, int8: bool = False) -> ServedModel:
     """Load a checkpoint (``tools/train.py``) or an export folder (``tools/export.py``) for serving.
+
+    ``int8``: an export folder's int8 model (``tools/export.py --int8``: static int8 backbone, int8
+    head); a checkpoint's head dynamically quantised (CPU), as ``tools/demo.py --int8`` does.
 
     Raises:
         ModelFileError, CheckpointError, FileNotFoundError: the path cannot be served.
@@ -78,14 +81,14 @@ def load_served_model(path: str | Path, *, device: str = "cpu", threads: int = 0
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path} (pass a checkpoint or an export folder)")
     if is_export_dir(path):
-        return _load_onnx(path, threads)
+        return _load_onnx(path, threads, int8)
     if path.is_dir():
         raise ModelFileError(f"{path}: a folder without {META_NAME}; pass a checkpoint file or an export folder")
-    return _load_checkpoint(path, device, threads)
+    return _load_checkpoint(path, device, threads, int8)
 
 
-def _load_onnx(path: Path, threads: int) -> ServedModel:
-    backend, meta = load_onnx_backend(path, threads=threads)
+def _load_onnx(path: Path, threads: int, int8: bool = False) -> ServedModel:
+    backend, meta = load_onnx_backend(path, threads=threads, int8=int8)
     folder, _ = read_meta(path)
     ev = meta.get("eval")
     if ev is None:
@@ -94,12 +97,13 @@ def _load_onnx(path: Path, threads: int) -> ServedModel:
     spec = DecodeSpec(kind="onnx", clip_len=int(meta["clip_len"]), sampling=dict(ev["sampling"]),
                       preprocess=dict(meta["preprocess"]), backend=ev.get("backend", "auto"), seek=ev.get("seek", "auto"))
     defaults = {**meta["demo"], "num_clips": int(ev["num_clips"]), "num_crops": 1}
-    info = {"backbone": meta.get("backbone", "(ONNX export)"), "runtime": "onnxruntime", "preprocess": meta["preprocess"],
+    info = {"backbone": meta.get("backbone", "(ONNX export)"), "runtime": "onnxruntime int8" if int8 else "onnxruntime",
+            "preprocess": meta["preprocess"],
             "sampling": ev["sampling"], "files": meta.get("files", {}), "checkpoint": meta.get("checkpoint")}
     return ServedModel("onnx", str(folder), backend, list(meta["class_names"]), int(meta["clip_len"]), spec, defaults, info)
 
 
-def _load_checkpoint(path: Path, device: str, threads: int) -> ServedModel:
+def _load_checkpoint(path: Path, device: str, threads: int, int8: bool = False) -> ServedModel:
     import torch
 
     from actionrec import build
@@ -107,6 +111,10 @@ def _load_checkpoint(path: Path, device: str, threads: int) -> ServedModel:
 
     cfg, model, classes = build.model_from_checkpoint(path)
     dev = resolve_device(device)
+    if int8:
+        from actionrec.deploy.export import quantize_head
+
+        model, dev = quantize_head(model), torch.device("cpu")  # int8 kernels are CPU-only
     model.place(dev, dev)
     if threads > 0:
         torch.set_num_threads(threads)
@@ -117,7 +125,7 @@ def _load_checkpoint(path: Path, device: str, threads: int) -> ServedModel:
     spec = DecodeSpec(kind="checkpoint", clip_len=cfg.data.clip_len, config=cfg, backend=backend_name, seek=seek)
     defaults = {"stride": cfg.demo.stride, "smooth": cfg.demo.smooth, "topk": cfg.demo.topk,
                 "frame_step": cfg.demo.frame_step, "num_clips": cfg.eval.num_clips, "num_crops": cfg.eval.num_crops}
-    info = {"backbone": cfg.model.backbone, "runtime": f"torch {torch.__version__} on {dev}",
+    info = {"backbone": cfg.model.backbone, "runtime": f"torch {torch.__version__} on {dev}{', int8 head' if int8 else ''}",
             "preprocess": build.transform_kwargs(cfg.data),
             "sampling": {"mode": cfg.data.train_sampling, "frame_interval": cfg.data.frame_interval,
                          "short_video": cfg.data.short_video},

@@ -112,11 +112,29 @@ class StreamingClassifier:
         """Whether the frame with source ``index`` is sampled (callers skip decoding work otherwise)."""
         return self._next is None or index >= self._next
 
+    def sampled(self, indices: Sequence[int]) -> list[int]:
+        """Which of the coming source ``indices`` (increasing) will be sampled; the state is not changed.
+
+        Lets a caller encode the sampled frames of a chunk in one CNN batch (``push_features``).
+        """
+        nxt, out = self._next, []
+        for i in indices:
+            if nxt is None or i >= nxt:
+                out.append(i)
+                nxt = i + self.frame_step
+        return out
+
     def push(self, rgb: np.ndarray, index: int) -> Prediction | None:
         """Add one RGB uint8 (H, W, 3) frame with its source index (increasing; gaps allowed)."""
         if not self.wants(index):
             return None
-        feat = np.asarray(self.backend.features(rgb), np.float32).reshape(-1)
+        return self.push_features(self.backend.features(rgb), index)
+
+    def push_features(self, feat: np.ndarray, index: int) -> Prediction | None:
+        """``push`` for a frame whose (D,) CNN feature was computed elsewhere (a batch of frames)."""
+        if not self.wants(index):
+            return None
+        feat = np.asarray(feat, np.float32).reshape(-1)
         if self._feats is None:
             self._feats = np.zeros((self.clip_len, feat.size), np.float32)
         slot = self._count % self.clip_len

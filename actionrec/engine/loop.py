@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import time
 from typing import Callable
 
@@ -16,6 +15,7 @@ from tqdm import tqdm
 
 from actionrec.engine.distributed import all_reduce_sum, gather_objects
 from actionrec.engine.metrics import classification_report, pool_views
+from actionrec.engine.threads import cpu_threads  # noqa: F401  (moved; tools/train.py imports it from here)
 
 log = logging.getLogger(__name__)
 
@@ -91,24 +91,6 @@ def setup_amp(device: torch.device, mode: str) -> tuple[Callable[[], contextlib.
     return (lambda: torch.autocast(device_type=device.type, dtype=dtype)), scaler
 
 
-def cpu_threads(requested: int, *, num_workers: int, procs_per_node: int = 1) -> int:
-    """Torch intra-op threads for training on CPU.
-
-    ``requested`` when > 0; otherwise the cores this process does not leave to its DataLoader
-    workers: cores // procs_per_node - num_workers, at least 1. Why: OpenMP threads wait for each
-    other at every op, and a thread whose core is taken by a decoding worker stalls the rest. On
-    the shared 2-core CI machine the quickstart (2 workers) trained 6.5x faster with 1 thread than with
-    torch's default of 2 (docs/benchmarks.md).
-    """
-    if requested > 0:
-        return requested
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, procs_per_node) - num_workers)
-
-
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN/inf and ``nan_policy`` is 'stop'."""
 
@@ -164,6 +146,7 @@ def train_one_epoch(
     on_failed: Callable[[list], None] | None = None,
     stop_requested: Callable[[], bool] | None = None,
     step: int = 0,
+    distill: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict:
     """Train for one epoch.
 
@@ -190,6 +173,8 @@ def train_one_epoch(
             every rank finishes the optimizer step in progress and the epoch ends early with
             ``preempted`` set.
         step: global optimizer step at the start of the epoch.
+        distill: ``engine.distill.Distiller``: (clips, student logits) -> the soft-target term added
+            to the label loss (knowledge distillation); None: the label loss alone.
 
     Returns:
         dict with loss, acc (train top-1 on the augmented clips), clips_per_s, data_wait_frac,
@@ -224,6 +209,8 @@ def train_one_epoch(
             with autocast():
                 logits = model(clips)
             loss = criterion(logits.float(), labels)
+            if distill is not None:
+                loss = loss + distill(clips, logits.float())
             local_bad, any_bad, step_failed, any_stop = _agree_on_step(
                 loss, batch["failed"], out_device, stop=stop_requested is not None and stop_requested())
             stopping = stopping or any_stop

@@ -81,3 +81,4 @@ def count_frames(path: Path) -> tuple[int, tuple[int, int]]:
         n, size = n + 1, (frame.shape[1], frame.shape[0])
     cap.release()
     return n, size
+

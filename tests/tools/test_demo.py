@@ -43,6 +43,7 @@ def test_headless_run_writes_annotated_video_and_complete_timeline(demo, ckpt, v
     saved = json.loads(timeline.read_text())
     assert saved == json.loads(json.dumps(res))
     assert (saved["frames"], saved["frames_encoded"], saved["dropped"], saved["live"]) == (22, 11, 0, False)
+    assert saved["batch"] == 16 and saved["threads"] >= 1  # a file without a window: throughput mode
     assert (saved["clip_len"], saved["stride"], saved["smooth"], saved["topk"], saved["frame_step"]) == (4, 2, 3, 3, 2)
     preds = saved["predictions"]
     assert [p["frame"] for p in preds] == [2, 6, 10, 14, 18]  # 2nd, 4th, ... sampled frame (indices 0, 2, 4, ...)
@@ -53,6 +54,19 @@ def test_headless_run_writes_annotated_video_and_complete_timeline(demo, ckpt, v
         assert len(p["topk"]) == 3 and {t["label"] for t in p["topk"]} <= set(saved["class_names"])
         probs = [t["prob"] for t in p["topk"]]
         assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+
+
+@pytest.mark.parametrize("frame_step", [1, 3])
+def test_batched_frames_give_the_predictions_of_frame_at_a_time(demo, ckpt, video, frame_step):
+    args = [str(video), "--checkpoint", str(ckpt), "--no-show", "--frame-step", str(frame_step), "--threads", "1"]
+    one = demo.cli([*args, "--batch", "1"])
+    many = demo.cli([*args, "--batch", "3"])  # 22 frames: chunks of 3 sampled frames and a partial last one
+    assert (one["batch"], many["batch"], many["frames_encoded"]) == (1, 3, one["frames_encoded"])
+    assert len(one["predictions"]) == len(many["predictions"]) > 2
+    for a, b in zip(one["predictions"], many["predictions"], strict=True):
+        assert {k: v for k, v in a.items() if k != "topk"} == {k: v for k, v in b.items() if k != "topk"}
+        assert [t["label"] for t in a["topk"]] == [t["label"] for t in b["topk"]]
+        assert [t["prob"] for t in a["topk"]] == pytest.approx([t["prob"] for t in b["topk"]], abs=1e-4)
 
 
 def test_overlay_is_drawn_on_the_output_frames(demo, ckpt, tmp_path):
@@ -108,7 +122,7 @@ def test_webcam_path_with_a_fake_camera_drops_frames_when_inference_is_slower(de
     slow = type("Slow", (demo_backend,), {"features": lambda self, rgb: (time.sleep(0.06), demo_backend.features(self, rgb))[1]})
     monkeypatch.setattr(demo, "TorchBackend", slow)  # inference slower than the camera
     res = demo.cli(["--webcam", "0", "--checkpoint", str(ckpt), "--no-show", "--json", str(tmp_path / "cam.json")])
-    assert res["live"] and res["source"] == "camera 0"
+    assert res["live"] and res["source"] == "camera 0" and res["batch"] == 1  # a camera: latency mode
     assert 5 <= res["frames"] < 45 and res["dropped"] > 10  # dropped, not queued behind
     assert res["frames"] + res["dropped"] == 60  # every captured frame was either processed or dropped
     frames = [p["frame"] for p in res["predictions"]]
