@@ -417,7 +417,15 @@ def _check(cond: bool, key: str, value: Any, why: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Check value ranges and cross-field rules once, right after loading."""
-    d, m, lo, o, t = cfg.data, cfg.model, cfg.loss, cfg.optim, cfg.train
+    _validate_data(cfg.data)
+    _validate_model(cfg.model)
+    _validate_loss(cfg.loss)
+    _validate_optim(cfg.optim)
+    _validate_train(cfg.train, cfg.model)
+    _validate_rest(cfg)
+
+
+def _validate_data(d: DataConfig) -> None:
     _check(d.clip_len >= 1, "data.clip_len", d.clip_len, "must be >= 1")
     _check(d.frame_interval >= 1, "data.frame_interval", d.frame_interval, "must be >= 1")
     _check(1 <= d.split <= 99, "data.split", d.split, "must be a split number like 1, 2 or 3")
@@ -435,6 +443,8 @@ def validate(cfg: Config) -> None:
     _check(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", d.max_bad_fraction, "must be in [0, 1]")
     _check(d.loader_timeout >= 0, "data.loader_timeout", d.loader_timeout, "must be >= 0 (0: no timeout)")
 
+
+def _validate_model(m: ModelConfig) -> None:
     _check(bool(m.backbone), "model.backbone", m.backbone, "must name a timm model")
     _check(m.hidden_size >= 1, "model.hidden_size", m.hidden_size, "must be >= 1")
     _check(m.num_layers >= 1, "model.num_layers", m.num_layers, "must be >= 1")
@@ -448,6 +458,8 @@ def validate(cfg: Config) -> None:
         p = Path(m.pretrained).expanduser()
         _check(p.is_file(), "model.pretrained", m.pretrained, "file not found (weights are never downloaded)")
 
+
+def _validate_loss(lo: LossConfig) -> None:
     _check(lo.gamma >= 0, "loss.gamma", lo.gamma, "must be >= 0")
     _check(0 <= lo.label_smoothing < 1, "loss.label_smoothing", lo.label_smoothing, "must be in [0, 1)")
     if isinstance(lo.alpha, str):
@@ -455,6 +467,8 @@ def validate(cfg: Config) -> None:
     elif isinstance(lo.alpha, list):
         _check(all(a >= 0 for a in lo.alpha), "loss.alpha", lo.alpha, "weights must be >= 0")
 
+
+def _validate_optim(o: OptimConfig) -> None:
     _check(o.lr > 0, "optim.lr", o.lr, "must be > 0")
     _check(o.backbone_lr_mult >= 0, "optim.backbone_lr_mult", o.backbone_lr_mult, "must be >= 0")
     _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
@@ -465,6 +479,9 @@ def validate(cfg: Config) -> None:
     _check(o.plateau_patience >= 0, "optim.plateau_patience", o.plateau_patience, "must be >= 0")
     _check(0 < o.plateau_factor < 1, "optim.plateau_factor", o.plateau_factor, "must be in (0, 1)")
 
+
+def _validate_train(t: TrainConfig, m: ModelConfig) -> None:
+    """``train`` plus the model keys it constrains (placement devices, frozen backbone for caching)."""
     _check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
     _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
     for key, dev, optional in (("train.device", t.device, False), ("model.placement.cnn", m.placement.cnn, True),
@@ -489,6 +506,9 @@ def validate(cfg: Config) -> None:
         _check(not t.cache_features, "train.distill.teacher", ds.teacher,
                "cannot be used with train.cache_features (the teacher needs the frames, not cached features)")
 
+
+def _validate_rest(cfg: Config) -> None:
+    """``logging``, ``eval`` and ``demo``."""
     w = cfg.logging.wandb
     _check(w.log_videos_every >= 0, "logging.wandb.log_videos_every", w.log_videos_every, "must be >= 0 (0: never)")
     _check(bool(w.project.strip()), "logging.wandb.project", w.project, "must not be empty")
