@@ -17,6 +17,8 @@ from typing import Any, Literal, Sequence
 
 import yaml
 
+from actionrec.data.occlusion import FrameOcclusion
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -29,18 +31,6 @@ class ConfigError(ValueError):
 
     def __init__(self, message: str):
         super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message)))
-
-
-@dataclass(frozen=True)
-class OcclusionConfig:
-    """Random frame occlusion (train only)."""
-
-    prob: float = 0.0  # probability that a clip gets whole-frame occlusion
-    max_frac: float = 0.25  # at most this fraction of the clip's frames is occluded
-    mode: Literal["blank", "neighbour", "mixed"] = "mixed"
-    patch_prob: float = 0.0  # probability that a clip gets erased patches
-    patch_frame_frac: float = 0.5  # fraction of frames that receive a patch when it fires
-    patch_max_area: float = 0.2  # largest patch as a fraction of the frame area
 
 
 @dataclass(frozen=True)
@@ -62,7 +52,7 @@ class DataConfig:
     color_jitter: float = 0.4
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    occlusion: OcclusionConfig = field(default_factory=OcclusionConfig)
+    occlusion: FrameOcclusion = field(default_factory=FrameOcclusion)  # the transform's own parameters
     backend: Literal["auto", "decord", "pyav", "opencv"] = "auto"  # auto: decord where exact, else PyAV
     seek: Literal["auto", "always", "never"] = "auto"
     num_workers: int = 2
