@@ -80,7 +80,7 @@ class ModelConfig:
     lstm_dropout: float = 0.2
     pooling: Literal["last", "mean", "attention"] = "attention"
     feature_grid: int = 1  # pool the last CNN feature map to an N x N grid (1: global average); N > 1 keeps coarse position
-    dropout: float = 0.5
+    dropout: float = 0.5  # models.heads.DROPOUT (not imported: config stays torch-free); a test pins them equal
     freeze_backbone: bool = False
     freeze_stages: int = 0  # freeze the stem and the first N stages (when not fully frozen)
     grad_checkpointing: bool = False
