@@ -15,7 +15,7 @@ from actionrec.config import Config, DataConfig, ModelConfig
 from actionrec.data.dataset import ClipSampling, VideoClipDataset, class_counts
 from actionrec.data.splits import DatasetSplit, load_split
 from actionrec.data.synthetic import ensure_synthetic_dataset
-from actionrec.data.transforms import FrameOcclusion, eval_transform, train_transform
+from actionrec.data.transforms import eval_transform, train_transform
 from actionrec.models.factory import create_model
 from actionrec.models.losses import create_loss, inverse_frequency_alpha
 
@@ -43,22 +43,13 @@ def transform_kwargs(data: DataConfig) -> dict:
 
 
 def train_transform_from(data: DataConfig):
-    oc = data.occlusion
-    occlusion = FrameOcclusion(
-        prob=oc.prob,
-        max_frac=oc.max_frac,
-        mode=oc.mode,
-        patch_prob=oc.patch_prob,
-        patch_frame_frac=oc.patch_frame_frac,
-        patch_max_area=oc.patch_max_area,
-    )
     return train_transform(
         **transform_kwargs(data),
         crop_scale=data.crop_scale,
         crop_ratio=data.crop_ratio,
         hflip=data.hflip,
         color_jitter=data.color_jitter,
-        occlusion=occlusion,
+        occlusion=data.occlusion,
     )
 
 

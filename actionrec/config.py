@@ -17,6 +17,8 @@ from typing import Any, Literal, Sequence
 
 import yaml
 
+from actionrec.data.occlusion import FrameOcclusion
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -29,18 +31,6 @@ class ConfigError(ValueError):
 
     def __init__(self, message: str):
         super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message)))
-
-
-@dataclass(frozen=True)
-class OcclusionConfig:
-    """Random frame occlusion (train only)."""
-
-    prob: float = 0.0  # probability that a clip gets whole-frame occlusion
-    max_frac: float = 0.25  # at most this fraction of the clip's frames is occluded
-    mode: Literal["blank", "neighbour", "mixed"] = "mixed"
-    patch_prob: float = 0.0  # probability that a clip gets erased patches
-    patch_frame_frac: float = 0.5  # fraction of frames that receive a patch when it fires
-    patch_max_area: float = 0.2  # largest patch as a fraction of the frame area
 
 
 @dataclass(frozen=True)
@@ -62,7 +52,7 @@ class DataConfig:
     color_jitter: float = 0.4
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    occlusion: OcclusionConfig = field(default_factory=OcclusionConfig)
+    occlusion: FrameOcclusion = field(default_factory=FrameOcclusion)  # the transform's own parameters
     backend: Literal["auto", "decord", "pyav", "opencv"] = "auto"  # auto: decord where exact, else PyAV
     seek: Literal["auto", "always", "never"] = "auto"
     num_workers: int = 2
@@ -90,7 +80,7 @@ class ModelConfig:
     lstm_dropout: float = 0.2
     pooling: Literal["last", "mean", "attention"] = "attention"
     feature_grid: int = 1  # pool the last CNN feature map to an N x N grid (1: global average); N > 1 keeps coarse position
-    dropout: float = 0.5
+    dropout: float = 0.5  # models.heads.DROPOUT (not imported: config stays torch-free); a test pins them equal
     freeze_backbone: bool = False
     freeze_stages: int = 0  # freeze the stem and the first N stages (when not fully frozen)
     grad_checkpointing: bool = False
@@ -417,7 +407,15 @@ def _check(cond: bool, key: str, value: Any, why: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Check value ranges and cross-field rules once, right after loading."""
-    d, m, lo, o, t = cfg.data, cfg.model, cfg.loss, cfg.optim, cfg.train
+    _validate_data(cfg.data)
+    _validate_model(cfg.model)
+    _validate_loss(cfg.loss)
+    _validate_optim(cfg.optim)
+    _validate_train(cfg.train, cfg.model)
+    _validate_rest(cfg)
+
+
+def _validate_data(d: DataConfig) -> None:
     _check(d.clip_len >= 1, "data.clip_len", d.clip_len, "must be >= 1")
     _check(d.frame_interval >= 1, "data.frame_interval", d.frame_interval, "must be >= 1")
     _check(1 <= d.split <= 99, "data.split", d.split, "must be a split number like 1, 2 or 3")
@@ -435,6 +433,8 @@ def validate(cfg: Config) -> None:
     _check(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", d.max_bad_fraction, "must be in [0, 1]")
     _check(d.loader_timeout >= 0, "data.loader_timeout", d.loader_timeout, "must be >= 0 (0: no timeout)")
 
+
+def _validate_model(m: ModelConfig) -> None:
     _check(bool(m.backbone), "model.backbone", m.backbone, "must name a timm model")
     _check(m.hidden_size >= 1, "model.hidden_size", m.hidden_size, "must be >= 1")
     _check(m.num_layers >= 1, "model.num_layers", m.num_layers, "must be >= 1")
@@ -448,6 +448,8 @@ def validate(cfg: Config) -> None:
         p = Path(m.pretrained).expanduser()
         _check(p.is_file(), "model.pretrained", m.pretrained, "file not found (weights are never downloaded)")
 
+
+def _validate_loss(lo: LossConfig) -> None:
     _check(lo.gamma >= 0, "loss.gamma", lo.gamma, "must be >= 0")
     _check(0 <= lo.label_smoothing < 1, "loss.label_smoothing", lo.label_smoothing, "must be in [0, 1)")
     if isinstance(lo.alpha, str):
@@ -455,6 +457,8 @@ def validate(cfg: Config) -> None:
     elif isinstance(lo.alpha, list):
         _check(all(a >= 0 for a in lo.alpha), "loss.alpha", lo.alpha, "weights must be >= 0")
 
+
+def _validate_optim(o: OptimConfig) -> None:
     _check(o.lr > 0, "optim.lr", o.lr, "must be > 0")
     _check(o.backbone_lr_mult >= 0, "optim.backbone_lr_mult", o.backbone_lr_mult, "must be >= 0")
     _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
@@ -465,6 +469,9 @@ def validate(cfg: Config) -> None:
     _check(o.plateau_patience >= 0, "optim.plateau_patience", o.plateau_patience, "must be >= 0")
     _check(0 < o.plateau_factor < 1, "optim.plateau_factor", o.plateau_factor, "must be in (0, 1)")
 
+
+def _validate_train(t: TrainConfig, m: ModelConfig) -> None:
+    """``train`` plus the model keys it constrains (placement devices, frozen backbone for caching)."""
     _check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
     _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
     for key, dev, optional in (("train.device", t.device, False), ("model.placement.cnn", m.placement.cnn, True),
@@ -489,6 +496,9 @@ def validate(cfg: Config) -> None:
         _check(not t.cache_features, "train.distill.teacher", ds.teacher,
                "cannot be used with train.cache_features (the teacher needs the frames, not cached features)")
 
+
+def _validate_rest(cfg: Config) -> None:
+    """``logging``, ``eval`` and ``demo``."""
     w = cfg.logging.wandb
     _check(w.log_videos_every >= 0, "logging.wandb.log_videos_every", w.log_videos_every, "must be >= 0 (0: never)")
     _check(bool(w.project.strip()), "logging.wandb.project", w.project, "must not be empty")

@@ -29,6 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from actionrec.cli import exit_on_error
 from actionrec.deploy.backends import ModelFileError, TorchBackend, load_onnx_backend
 from actionrec.deploy.overlay import crop_box, draw_heatmap, draw_overlay
 from actionrec.deploy.sources import VideoSourceError, display_available, open_source
@@ -214,19 +215,9 @@ def main(args: argparse.Namespace) -> dict:
 
 def cli(argv=None) -> dict | None:
     args = parse_args(argv)
-    # actionrec.cli.exit_on_error's behaviour, without importing it (and torch) on the ONNX path.
-    errors = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, ModelFileError, VideoSourceError)
-    if args.onnx is None:  # the torch path's own errors (CheckpointError, ...) are known to actionrec.cli
-        from actionrec.cli import USER_ERRORS
-
-        errors += USER_ERRORS
-    try:
+    # actionrec.cli imports no torch, so the ONNX path can use it too. ValueError: the tool's own checks.
+    with exit_on_error(args.debug, extra=(ValueError, ModelFileError, VideoSourceError)):
         return main(args)
-    except errors as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

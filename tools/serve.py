@@ -20,7 +20,6 @@ import ipaddress
 import logging
 import os
 import socket
-import sys
 from pathlib import Path
 
 # OpenCV's default cap on a decoded image is 2^30 pixels (3 GB); a camera frame never needs more than this.
@@ -138,20 +137,11 @@ def main(args: argparse.Namespace) -> None:
 
 def cli(argv=None) -> None:
     args = parse_args(argv)
+    from actionrec.cli import exit_on_error  # imports no torch: the ONNX path can use it too
     from actionrec.deploy.backends import ModelFileError
 
-    errors = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, ModelFileError)
-    if not (args.model.is_dir() or args.model.suffix == ".onnx" or args.model.name == "model.json"):
-        from actionrec.cli import USER_ERRORS  # a checkpoint: torch is needed anyway
-
-        errors += USER_ERRORS
-    try:
+    with exit_on_error(args.debug, extra=(ValueError, ModelFileError)):  # ValueError: the tool's own checks
         main(args)
-    except errors as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -123,173 +123,188 @@ def _agree_on_step(loss: torch.Tensor, failed: list, device: torch.device,
     return local_bad, any_bad > 0, list(failed), any_stop > 0
 
 
+class EpochMeter:
+    """Running loss and accuracy, throughput, data-wait time and the progress bar of one training epoch.
+
+    Beside ``train_one_epoch`` as torchvision's ``MetricLogger`` is beside its step loop.
+    """
+
+    def __init__(self, *, total: int, initial: int, epoch: int, show_progress: bool):
+        self.total = total
+        self.bar = tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}", disable=not show_progress,
+                        dynamic_ncols=True, leave=False)
+        self.loss_sum = self.correct = self.seen = 0.0
+        self.data_wait = 0.0
+        self.t_start = self.t_last = time.perf_counter()
+
+    def batch_arrived(self) -> None:
+        self.data_wait += time.perf_counter() - self.t_last
+
+    def batch_done(self, loss: torch.Tensor | None = None, logits: torch.Tensor | None = None,
+                   labels: torch.Tensor | None = None, *, wait_starts: bool = False) -> None:
+        """Count a trained batch (or, without arguments, a skipped one) and advance the bar."""
+        if labels is not None:
+            n = labels.shape[0]
+            self.loss_sum += loss.item() * n
+            self.correct += (logits.argmax(1) == labels).sum().item()
+            self.seen += n
+        self.bar.update(1)
+        if wait_starts:
+            self.wait_starts()
+
+    def wait_starts(self) -> None:
+        """Time from here to the next ``batch_arrived`` counts as waiting for data."""
+        self.t_last = time.perf_counter()
+
+    def log_step(self, on_log: Callable[[dict], None] | None, loss: float, lr: float, *, grad_norm: float,
+                 step: int, batches_done: int, epoch: int) -> None:
+        """Show optimizer step ``step``'s metrics on the progress bar and pass them to ``on_log``."""
+        elapsed = max(time.perf_counter() - self.t_start, 1e-9)
+        rate = self.seen / elapsed
+        self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", clips_s=f"{rate:.1f}")
+        if on_log is not None:
+            on_log({"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm, "train/clips_per_s": rate,
+                    "train/data_wait_frac": self.data_wait / elapsed, "step": step,
+                    "epoch": epoch + batches_done / max(self.total, 1)})
+
+    def summary(self, device: torch.device) -> dict:
+        """Epoch totals, loss and accuracy summed over all ranks."""
+        self.bar.close()
+        elapsed = time.perf_counter() - self.t_start
+        loss_sum, correct, seen = all_reduce_sum([self.loss_sum, self.correct, self.seen], device)
+        return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1),
+                "clips_per_s": seen / max(elapsed, 1e-9), "data_wait_frac": self.data_wait / max(elapsed, 1e-9),
+                "time_s": elapsed}
+
+
+def _forward(model: nn.Module, criterion: nn.Module, clips, labels: torch.Tensor, autocast: Callable,
+             distill: Callable | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, loss): the label loss plus the distillation term, in fp32."""
+    with autocast():
+        logits = model(clips)
+    loss = criterion(logits.float(), labels)
+    if distill is not None:
+        loss = loss + distill(clips, logits.float())
+    return logits, loss
+
+
+def _skip_nonfinite(loss: torch.Tensor, local_bad: bool, nan_policy: str, optimizer, epoch: int, batch_no: int,
+                    videos: list) -> None:
+    """A non-finite loss on some rank: raise NonFiniteLossError ('stop') or drop the step's gradients ('skip')."""
+    where = "" if local_bad else " on another rank"
+    msg = (f"non-finite loss{where} ({loss.item()} here) at epoch {epoch + 1}, batch {batch_no}, "
+           f"lr {optimizer.param_groups[0]['lr']:.3g}; videos: {videos}")
+    if nan_policy == "stop":
+        raise NonFiniteLossError(msg + ". Lower optim.lr, enable clipping, or set train.nan_policy=skip.")
+    log.warning("skipping step: %s", msg)
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _optimizer_step(model: nn.Module, optimizer, scheduler, scaler, *, clip_grad_norm: float, measure: bool,
+                    last_norm: float) -> float:
+    """Unscale and clip (or only measure) the gradients, step, zero them; the norm (``last_norm`` when not measured)."""
+    grad_norm = last_norm
+    if clip_grad_norm > 0 or measure:
+        scaler.unscale_(optimizer)
+        # With clipping off, max_norm=inf only measures the norm, so it is still logged.
+        grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm or math.inf))
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    return grad_norm
+
+
+def _agree_and_report(loss: torch.Tensor, batch: dict, device: torch.device, stop_requested: Callable | None,
+                      on_failed: Callable | None) -> tuple[bool, bool, list, bool]:
+    """``_agree_on_step`` for ``batch``, passing the gathered decode failures to ``on_failed``."""
+    local_bad, any_bad, step_failed, any_stop = _agree_on_step(
+        loss, batch["failed"], device, stop=stop_requested is not None and stop_requested())
+    if step_failed and on_failed is not None:
+        on_failed(step_failed)  # the same list on every rank: all stop here, or none
+    return local_bad, any_bad, step_failed, any_stop
+
+
 def train_one_epoch(
-    model: nn.Module,
-    loader,
-    criterion: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    *,
-    epoch: int,
-    autocast: Callable,
-    scaler: torch.amp.GradScaler,
-    accum_steps: int = 1,
-    clip_grad_norm: float = 0.0,
-    nan_policy: str = "stop",
-    max_steps: int = 0,
-    skip_batches: int = 0,
-    log_every: int = 10,
-    show_progress: bool = True,
-    on_log: Callable[[dict], None] | None = None,
-    on_save: Callable[[int, int], None] | None = None,
-    save_every_steps: int = 0,
-    on_failed: Callable[[list], None] | None = None,
-    stop_requested: Callable[[], bool] | None = None,
-    step: int = 0,
-    distill: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    model: nn.Module, loader, criterion: nn.Module, optimizer: torch.optim.Optimizer, scheduler, *,
+    epoch: int, autocast: Callable, scaler: torch.amp.GradScaler, accum_steps: int = 1, clip_grad_norm: float = 0.0,
+    nan_policy: str = "stop", max_steps: int = 0, skip_batches: int = 0, log_every: int = 10,
+    show_progress: bool = True, on_log: Callable[[dict], None] | None = None,
+    on_save: Callable[[int, int], None] | None = None, save_every_steps: int = 0,
+    on_failed: Callable[[list], None] | None = None, stop_requested: Callable[[], bool] | None = None,
+    step: int = 0, distill: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict:
     """Train for one epoch.
 
     Args:
-        model: the (possibly DDP-wrapped) model; inputs go to its first device, the loss is
-            computed where the logits come out (the head's device under model parallelism).
+        model: the (possibly DDP-wrapped) model; inputs go to its first device, the loss is computed
+            where the logits come out (the head's device under model parallelism).
         loader: yields dicts from ``collate_clips``.
         scheduler: stepped after every optimizer step.
         epoch: 0-based epoch (for messages).
         autocast, scaler: from ``setup_amp``.
-        accum_steps: micro-batches per optimizer step (DDP gradients sync on the last one only).
-            A final partial group steps too, its loss divided by its own size, so every step
-            averages the gradients of the batches it saw.
+        accum_steps: micro-batches per optimizer step (DDP gradients sync on the last one only). A final
+            partial group steps too, its loss divided by its own size, so every step averages its batches' gradients.
         clip_grad_norm: max global gradient norm (0: off).
         nan_policy: 'stop' raises NonFiniteLossError, 'skip' drops that step and counts it.
         max_steps: cap on batches this epoch (0: all).
         skip_batches: batches already done before a mid-epoch resume (the sampler skipped them).
         on_log: called every ``log_every`` optimizer steps with step metrics (main rank logging).
         on_save: called with (batches done, global step) every ``save_every_steps`` optimizer steps.
-        on_failed: called with a step's (path, reason) decode failures, gathered from all ranks,
-            as they happen, so they are logged at once and the bad-video limit can stop the run
-            mid-epoch (on every rank at the same step).
-        stop_requested: polled every batch (``StopRequest.requested``); once it is true on any rank,
-            every rank finishes the optimizer step in progress and the epoch ends early with
-            ``preempted`` set.
+        on_failed: called with a step's (path, reason) decode failures, gathered from all ranks, as they
+            happen, so they are logged at once and the bad-video limit can stop the run mid-epoch (every rank).
+        stop_requested: polled every batch (``StopRequest.requested``); once it is true on any rank, every
+            rank finishes the optimizer step in progress and the epoch ends early with ``preempted`` set.
         step: global optimizer step at the start of the epoch.
         distill: ``engine.distill.Distiller``: (clips, student logits) -> the soft-target term added
             to the label loss (knowledge distillation); None: the label loss alone.
 
     Returns:
-        dict with loss, acc (train top-1 on the augmented clips), clips_per_s, data_wait_frac,
-        steps, step (global), skipped_nonfinite, failed (list of (path, reason), all ranks), lr.
+        dict with loss, acc (train top-1 on the augmented clips), clips_per_s, data_wait_frac, steps, step
+        (global), skipped_nonfinite, failed (list of (path, reason), all ranks), lr.
     """
     model.train()
-    core = model.module if hasattr(model, "module") else model
-    out_device = core.output_device
-    total = len(loader) + skip_batches
-    if max_steps:
-        total = min(total, max_steps)
-    bar = tqdm(total=total, initial=skip_batches, desc=f"epoch {epoch + 1}", disable=not show_progress, dynamic_ncols=True, leave=False)
-    loss_sum = correct = seen = 0.0
-    nonfinite = 0
-    failed: list = []
-    data_wait = 0.0
-    t_start = t_last = time.perf_counter()
-    clips_window = 0
-    grad_norm = float("nan")
+    out_device = (model.module if hasattr(model, "module") else model).output_device
+    total = min(len(loader) + skip_batches, max_steps or math.inf)
+    meter = EpochMeter(total=total, initial=skip_batches, epoch=epoch, show_progress=show_progress)
+    nonfinite, failed, grad_norm, batches_done, stopping, preempted = 0, [], float("nan"), skip_batches, False, False
     optimizer.zero_grad(set_to_none=True)
-    batches_done = skip_batches
-    stopping = preempted = False
     for batch in loader:
         if max_steps and batches_done >= max_steps:
             break
-        data_wait += time.perf_counter() - t_last
+        meter.batch_arrived()
         clips, labels = batch["clip"], batch["label"].to(out_device, non_blocking=True)
         micro, group = accumulation_group(batches_done, accum_steps=accum_steps, total=total)
         last_micro = micro == group - 1
-        sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
-            with autocast():
-                logits = model(clips)
-            loss = criterion(logits.float(), labels)
-            if distill is not None:
-                loss = loss + distill(clips, logits.float())
-            local_bad, any_bad, step_failed, any_stop = _agree_on_step(
-                loss, batch["failed"], out_device, stop=stop_requested is not None and stop_requested())
-            stopping = stopping or any_stop
-            failed.extend(step_failed)
-            if step_failed and on_failed is not None:
-                on_failed(step_failed)  # the same list on every rank: all stop here, or none
+        with contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync():
+            logits, loss = _forward(model, criterion, clips, labels, autocast, distill)
+            local_bad, any_bad, step_failed, any_stop = _agree_and_report(loss, batch, out_device, stop_requested,
+                                                                          on_failed)
+            stopping, failed = stopping or any_stop, failed + step_failed
             if any_bad:
-                nonfinite += 1
-                where = "" if local_bad else " on another rank"
-                msg = (
-                    f"non-finite loss{where} ({loss.item()} here) at epoch {epoch + 1}, batch {batches_done}, "
-                    f"lr {optimizer.param_groups[0]['lr']:.3g}; videos: {batch['index'].tolist()}"
-                )
-                if nan_policy == "stop":
-                    raise NonFiniteLossError(msg + ". Lower optim.lr, enable clipping, or set train.nan_policy=skip.")
-                log.warning("skipping step: %s", msg)
-                optimizer.zero_grad(set_to_none=True)
-                batches_done += 1
-                bar.update(1)
-                t_last = time.perf_counter()
+                _skip_nonfinite(loss, local_bad, nan_policy, optimizer, epoch, batches_done, batch["index"].tolist())
+                nonfinite, batches_done = nonfinite + 1, batches_done + 1
+                meter.batch_done(wait_starts=True)
                 continue
             scaler.scale(loss / group).backward()
         if last_micro:
-            if clip_grad_norm > 0 or (step + 1) % log_every == 0:
-                scaler.unscale_(optimizer)
-                # With clipping off, max_norm=inf only measures the norm, so it is still logged.
-                grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm or math.inf))
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+            grad_norm = _optimizer_step(model, optimizer, scheduler, scaler, clip_grad_norm=clip_grad_norm,
+                                        measure=(step + 1) % log_every == 0, last_norm=grad_norm)
             step += 1
-        n = labels.shape[0]
-        loss_sum += loss.item() * n
-        correct += (logits.argmax(1) == labels).sum().item()
-        seen += n
-        clips_window += n
         batches_done += 1
-        bar.update(1)
-        now = time.perf_counter()
+        meter.batch_done(loss, logits, labels)
         if last_micro and step % log_every == 0:
-            rate = clips_window / max(now - t_start, 1e-9)
-            lr = optimizer.param_groups[-1]["lr"]
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", clips_s=f"{rate:.1f}")
-            if on_log is not None:
-                on_log(
-                    {
-                        "train/loss": loss.item(),
-                        "train/lr": lr,
-                        "train/grad_norm": grad_norm,
-                        "train/clips_per_s": rate,
-                        "train/data_wait_frac": data_wait / max(now - t_start, 1e-9),
-                        "step": step,
-                        "epoch": epoch + batches_done / max(total, 1),
-                    }
-                )
+            meter.log_step(on_log, loss.item(), optimizer.param_groups[-1]["lr"], grad_norm=grad_norm, step=step,
+                           batches_done=batches_done, epoch=epoch)
         if last_micro and on_save is not None and save_every_steps and step % save_every_steps == 0:
             on_save(batches_done, step)
-        t_last = time.perf_counter()
-        if stopping and last_micro:
-            preempted = True
+        meter.wait_starts()
+        if preempted := stopping and last_micro:
             break
-    bar.close()
-    elapsed = time.perf_counter() - t_start
-    loss_sum, correct, seen = all_reduce_sum([loss_sum, correct, seen], out_device)
-    return {
-        "loss": loss_sum / max(seen, 1),
-        "acc": correct / max(seen, 1),
-        "clips_per_s": seen / max(elapsed, 1e-9),
-        "data_wait_frac": data_wait / max(elapsed, 1e-9),
-        "steps": batches_done - skip_batches,
-        "batches_done": batches_done,
-        "preempted": preempted,
-        "step": step,
-        "skipped_nonfinite": nonfinite,
-        "failed": failed,  # gathered step by step: the same list on every rank
-        "lr": optimizer.param_groups[-1]["lr"],
-        "time_s": elapsed,
-    }
+    return {**meter.summary(out_device), "steps": batches_done - skip_batches, "batches_done": batches_done,
+            "preempted": preempted, "step": step, "skipped_nonfinite": nonfinite,
+            "failed": failed,  # gathered step by step: the same list on every rank
+            "lr": optimizer.param_groups[-1]["lr"]}
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from timm.models import group_parameters
 
-from actionrec.models.heads import LSTMHead, MeanHead, MotionCorrelation, TransformerHead
+from actionrec.models.heads import DROPOUT, LSTMHead, MeanHead, MotionCorrelation, TransformerHead
 
 
 def _load_state_dict(path: str | Path) -> dict:
@@ -192,9 +192,9 @@ class CNNLSTM(nn.Module):
         elif temporal == "transformer":
             self.head = TransformerHead(head_in, num_classes, hidden_size=head_kwargs.get("hidden_size", 128),
                                         num_layers=head_kwargs.get("num_layers", 2), pooling=head_kwargs.get("pooling", "mean"),
-                                        dropout=head_kwargs.get("dropout", 0.5))
+                                        dropout=head_kwargs.get("dropout", DROPOUT))
         elif temporal == "none":
-            self.head = MeanHead(head_in, num_classes, dropout=head_kwargs.get("dropout", 0.5))
+            self.head = MeanHead(head_in, num_classes, dropout=head_kwargs.get("dropout", DROPOUT))
         else:
             raise ValueError(f"temporal must be 'lstm', 'transformer' or 'none', got {temporal!r}")
         self.num_classes = num_classes

@@ -1,10 +1,11 @@
-"""``create_model``: model family name -> constructor, via a plain dict (greppable, no registry)."""
+"""``create_model``: model family name -> constructor (one family: a plain function, no registry)."""
 
 from __future__ import annotations
 
 import torch.nn as nn
 
 from actionrec.models.cnn_lstm import CNNLSTM, create_backbone
+from actionrec.models.heads import DROPOUT
 
 
 def _cnn_lstm(
@@ -20,7 +21,7 @@ def _cnn_lstm(
     lstm_dropout: float = 0.2,
     pooling: str = "attention",
     feature_grid: int = 1,
-    dropout: float = 0.5,
+    dropout: float = DROPOUT,
     freeze_backbone: bool = False,
     freeze_stages: int = 0,
     grad_checkpointing: bool = False,
@@ -52,11 +53,8 @@ def _cnn_lstm(
     )
 
 
-MODELS = {"cnn_lstm": _cnn_lstm}
-
-
 def create_model(family: str = "cnn_lstm", **kwargs) -> nn.Module:
-    """Build a model of ``family`` (a key of ``MODELS``) with explicit keyword arguments."""
-    if family not in MODELS:
-        raise ValueError(f"unknown model family {family!r}; choose from {sorted(MODELS)}")
-    return MODELS[family](**kwargs)
+    """Build a model of ``family`` (only 'cnn_lstm' so far) with explicit keyword arguments."""
+    if family != "cnn_lstm":
+        raise ValueError(f"unknown model family {family!r}; choose from ['cnn_lstm']")
+    return _cnn_lstm(**kwargs)

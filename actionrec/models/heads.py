@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+DROPOUT = 0.5  # before every head's classifier; the one default model.dropout and create_model use
+
 
 def valid_mask(lengths: torch.Tensor | None, batch: int, steps: int, device: torch.device) -> torch.Tensor:
     """(B, T) bool mask of valid time steps (all True when ``lengths`` is None)."""
@@ -51,7 +53,7 @@ class LSTMHead(nn.Module):
         bidirectional: bool = True,
         lstm_dropout: float = 0.2,
         pooling: str = "attention",
-        dropout: float = 0.5,
+        dropout: float = DROPOUT,
     ):
         super().__init__()
         if pooling not in ("last", "mean", "attention"):
@@ -112,7 +114,7 @@ class LSTMHead(nn.Module):
 class MeanHead(nn.Module):
     """Frame-averaging baseline: masked mean of frame features, dropout, linear. Order-blind."""
 
-    def __init__(self, in_dim: int, num_classes: int, *, dropout: float = 0.5):
+    def __init__(self, in_dim: int, num_classes: int, *, dropout: float = DROPOUT):
         super().__init__()
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(in_dim, num_classes)
@@ -145,7 +147,7 @@ class TransformerHead(nn.Module):
         num_heads: int = 4,
         attn_dropout: float = 0.1,
         pooling: str = "mean",
-        dropout: float = 0.5,
+        dropout: float = DROPOUT,
         max_len: int = 128,
     ):
         super().__init__()

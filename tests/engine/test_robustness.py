@@ -49,7 +49,8 @@ UNDECODABLE = {"empty.avi", "random_bytes.avi", "text.mp4", "truncated_moov_at_e
                "no_frames.mp4"}
 TINY = ["data.clip_len=4", "data.resize_short=40", "data.crop_size=32", "model.backbone=test_resnet",
         "model.hidden_size=16", "train.batch_size=4", "train.device=cpu", "logging.wandb.mode=disabled",
-        "data.occlusion.prob=0.5", "model.dropout=0.3"]
+        "data.occlusion.prob=0.5", "model.dropout=0.3",
+        "train.cpu_threads=1"]  # the automatic count follows the machine's load: a resumed run could differ from its reference
 
 
 def _train(root: Path, out: Path, *extra: str, hook: dict | None = None, wait: bool = True):

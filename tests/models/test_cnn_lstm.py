@@ -230,3 +230,13 @@ def test_grid_features_of_a_conv_head_backbone_run_its_head_per_cell():
     fmap = m.backbone.forward_features(x.flatten(0, 1))
     ref = m.backbone.forward_head(torch.nn.functional.adaptive_avg_pool2d(fmap, 2), pre_logits=True).flatten(1)
     torch.testing.assert_close(m.clip_features(x).flatten(0, 1), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_default_is_written_once_for_the_models_and_pinned_in_the_config():
+    import inspect
+
+    from actionrec.config import ModelConfig
+    from actionrec.models import factory, heads
+
+    assert ModelConfig().dropout == heads.DROPOUT  # config.py stays torch-free, so it cannot import it
+    assert inspect.signature(factory._cnn_lstm).parameters["dropout"].default is heads.DROPOUT
