@@ -16,23 +16,9 @@ from actionrec.errors import UserError
 # A plain ValueError or KeyError is a bug and keeps its traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError, NotADirectoryError, PermissionError)
 
-# User errors that do not derive from UserError yet (module: class). Looked up only in modules
-# already imported (an error of a module never imported cannot occur), so that this module, and
-# the data_prep commands with it, do not import torch. Drop an entry once its class derives from
-# UserError.
-_NOT_YET_USER_ERRORS = {
-    "actionrec.config": "ConfigError",
-    "actionrec.data.dataset": "TooManyBadVideos",
-    "actionrec.data.loader": "LoaderStalled",
-    "actionrec.engine.loop": "NonFiniteLossError",
-}
-
-
 def user_errors() -> tuple[type[BaseException], ...]:
-    """``USER_ERRORS`` plus the user errors of ``_NOT_YET_USER_ERRORS`` that can occur now."""
-    pending = tuple(getattr(sys.modules[module], name) for module, name in _NOT_YET_USER_ERRORS.items()
-                    if module in sys.modules)
-    return USER_ERRORS + pending
+    """The error types shown as one line (every project user error derives from ``UserError``)."""
+    return USER_ERRORS
 
 
 def setup_logging(log_file: Path | None = None, *, main: bool = True) -> None:

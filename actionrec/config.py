@@ -18,12 +18,13 @@ from typing import Any, Literal, Sequence
 import yaml
 
 from actionrec.data.occlusion import FrameOcclusion
+from actionrec.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config key is unknown, has the wrong type, or holds an invalid value.
 
     The message is one line: newlines and other control characters from user text are escaped.

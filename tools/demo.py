@@ -35,6 +35,7 @@ from actionrec.deploy.overlay import crop_box, draw_heatmap, draw_overlay
 from actionrec.deploy.sources import VideoSourceError, display_available, open_source
 from actionrec.deploy.streaming import FpsMeter, StreamingClassifier, iter_frames
 from actionrec.engine.threads import cpu_threads
+from actionrec.errors import UsageError
 
 WINDOW = "actionrec demo (q quits)"
 
@@ -72,7 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def load_model(args: argparse.Namespace, threads: int) -> tuple[object, dict]:
     """(backend, info) with info: class_names, clip_len, demo defaults, model (what was loaded)."""
     if args.explain and (args.onnx is not None or args.int8):
-        raise ValueError("--explain needs the torch fp32 model (gradients): drop --onnx / --int8")
+        raise UsageError("--explain needs the torch fp32 model (gradients): drop --onnx / --int8")
     if args.onnx is not None:
         backend, meta = load_onnx_backend(args.onnx, int8=args.int8, threads=threads)
         return backend, {"class_names": meta["class_names"], "clip_len": meta["clip_len"], "demo": meta["demo"],
@@ -112,7 +113,7 @@ def open_writer(path: Path, fps: float, size: tuple[int, int]) -> cv2.VideoWrite
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = cv2.VideoWriter(str(path), fourcc, fps, size)
     if not writer.isOpened():
-        raise ValueError(f"--output {path}: OpenCV cannot write this file (use .mp4 or .avi)")
+        raise UsageError(f"--output {path}: OpenCV cannot write this file (use .mp4 or .avi)")
     return writer
 
 
@@ -146,7 +147,7 @@ def encoded(source, clf: StreamingClassifier, backend, *, batch: int, max_frames
 
 def main(args: argparse.Namespace) -> dict:
     if args.batch < 0 or args.threads < 0:
-        raise ValueError(f"--batch and --threads must be >= 0 (0: auto), got {args.batch} and {args.threads}")
+        raise UsageError(f"--batch and --threads must be >= 0 (0: auto), got {args.batch} and {args.threads}")
     threads = cpu_threads(args.threads) if args.device == "cpu" or args.onnx is not None else args.threads
     backend, info = load_model(args, threads)
     demo = {k: v if (v := getattr(args, k)) is not None else info["demo"][k]
@@ -157,7 +158,7 @@ def main(args: argparse.Namespace) -> dict:
     # Latency mode (one frame per CNN call) wherever a frame must be shown as soon as it arrives.
     batch = args.batch or (1 if source.live or show or args.explain else 16)
     if args.explain and batch > 1:
-        raise ValueError("--explain runs one frame at a time: drop --batch")
+        raise UsageError("--explain runs one frame at a time: drop --batch")
     fps_src = source.fps if source.fps > 0 else 25.0
     writer, meter, last, timeline, cam = None, FpsMeter(), None, [], None
     frames, t0 = 0, time.monotonic()

@@ -33,6 +33,7 @@ from actionrec.engine.metrics import confident_mistakes
 from actionrec.engine.plots import plot_confusion, plot_mistakes
 from actionrec.engine.threads import cpu_threads
 from actionrec.engine.tracking import RunLogger, clip_to_uint8
+from actionrec.errors import UsageError
 
 log = logging.getLogger("actionrec.eval")
 
@@ -93,7 +94,7 @@ def main(args: argparse.Namespace) -> dict:
     device = D.resolve_device(args.device, dist.local_rank)
     split = build.dataset_split(cfg.data)
     if list(split.classes) != classes:
-        raise ValueError(f"{args.checkpoint}: trained on classes {classes}, but the dataset has {list(split.classes)}")
+        raise UsageError(f"{args.checkpoint}: trained on classes {classes}, but the dataset has {list(split.classes)}")
     samples = split.test if args.split == "test" else split.train
     ds = build.eval_dataset(cfg, samples, num_clips=cfg.eval.num_clips, num_crops=cfg.eval.num_crops)
     loader = build_loader(ds, batch_size=cfg.eval.batch_size, train=False, num_workers=cfg.data.num_workers,

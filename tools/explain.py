@@ -38,6 +38,7 @@ from actionrec.deploy.streaming import StreamingClassifier
 from actionrec.engine.distributed import resolve_device
 from actionrec.engine.plots import plot_gradcam_grid, plot_timeline
 from actionrec.engine.tracking import RunLogger, clip_to_uint8
+from actionrec.errors import UsageError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -63,7 +64,7 @@ def load_model(args: argparse.Namespace):
     device = resolve_device(args.device)
     model.place(device, device)
     if args.class_name is not None and args.class_name not in classes:
-        raise ValueError(f"--class {args.class_name!r}: not a class of this checkpoint; classes: {', '.join(classes)}")
+        raise UsageError(f"--class {args.class_name!r}: not a class of this checkpoint; classes: {', '.join(classes)}")
     return cfg, model, classes
 
 

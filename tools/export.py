@@ -30,6 +30,7 @@ from actionrec.data.loader import build_loader
 from actionrec.deploy import export as E
 from actionrec.deploy.backends import write_meta
 from actionrec.engine.threads import cpu_threads
+from actionrec.errors import UsageError
 
 log = logging.getLogger("actionrec.export")
 
@@ -117,7 +118,7 @@ def calibration_frames(cfg, count: int) -> np.ndarray:
         if item["clip"] is not None:
             frames.extend(item["clip"][0].numpy())  # (T, C, H, W) of the one view
     if not frames:
-        raise ValueError("no training video could be decoded for the int8 calibration")
+        raise UsageError("no training video could be decoded for the int8 calibration")
     return np.stack(frames[:count]).astype(np.float32)
 
 
@@ -156,7 +157,7 @@ def int8_report(paths: dict, cfg, args, threads: int) -> dict:
 def main(args: argparse.Namespace) -> dict:
     setup_logging()
     if args.calib_frames < 1:
-        raise ValueError(f"--calib-frames must be >= 1, got {args.calib_frames}")
+        raise UsageError(f"--calib-frames must be >= 1, got {args.calib_frames}")
     cfg, model, classes = build.model_from_checkpoint(args.checkpoint, args.overrides)
     threads = cpu_threads(args.threads, num_workers=cfg.data.num_workers)
     out = args.out or args.checkpoint.parent / "export"
@@ -168,7 +169,7 @@ def main(args: argparse.Namespace) -> dict:
         log.info("%-9s %s  max |onnxruntime - torch| = %.2e", name, paths[name], d)
     too_far = {k: v for k, v in diffs.items() if v > args.atol}
     if too_far:
-        raise ValueError(f"ONNX outputs differ from torch by more than --atol {args.atol:g}: {too_far}")
+        raise UsageError(f"ONNX outputs differ from torch by more than --atol {args.atol:g}: {too_far}")
     paths["head_int8"] = E.quantize_onnx_head(paths["head"], out / "head_int8.onnx")
     if args.int8:
         frames = calibration_frames(cfg, args.calib_frames)

@@ -34,6 +34,7 @@ from actionrec.engine.loop import evaluate, setup_amp, train_one_epoch
 from actionrec.engine.optim import create_optimizer, create_scheduler
 from actionrec.engine.threads import cpu_threads
 from actionrec.models import pruning
+from actionrec.errors import UsageError
 
 log = logging.getLogger("actionrec.prune")
 
@@ -111,7 +112,7 @@ def main(args: argparse.Namespace) -> dict:
     out = args.out or args.checkpoint.parent / "pruned"
     split = build.dataset_split(cfg.data)
     if list(split.classes) != classes:
-        raise ValueError(f"{args.checkpoint}: trained on classes {classes}, but the dataset has {list(split.classes)}")
+        raise UsageError(f"{args.checkpoint}: trained on classes {classes}, but the dataset has {list(split.classes)}")
     val = build_loader(build.eval_dataset(cfg, split.test, num_clips=args.num_clips), batch_size=cfg.eval.batch_size,
                        train=False, num_workers=cfg.data.num_workers, timeout=cfg.data.loader_timeout)
     criterion = build.loss_from(cfg, [s.label for s in split.train], len(classes))

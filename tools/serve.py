@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 from pathlib import Path
+from actionrec.errors import UsageError
 
 # OpenCV's default cap on a decoded image is 2^30 pixels (3 GB); a camera frame never needs more than this.
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 25))
@@ -71,10 +72,10 @@ def settings_from(args: argparse.Namespace):
                       max_frame_mb=args.max_frame_mb)
     for name in ("max_batch", "max_concurrency", "decode_workers"):
         if getattr(s, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(s, name)}")
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(s, name)}")
     for name in ("max_wait_ms", "max_upload_mb", "max_seconds", "decode_timeout", "max_frame_mb"):
         if getattr(s, name) < 0 or (name != "max_wait_ms" and getattr(s, name) == 0):
-            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(s, name)}")
+            raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {getattr(s, name)}")
     return s
 
 
@@ -96,7 +97,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror}") from None
     sock.listen(128)
     sock.set_inheritable(False)
     return sock
@@ -108,7 +109,7 @@ def main(args: argparse.Namespace) -> None:
 
         from actionrec.deploy.server import create_app
     except ImportError as e:
-        raise ValueError(f"tools/serve.py needs the 'serve' extra ({e}): pip install -e \".[serve]\"") from None
+        raise UsageError(f"tools/serve.py needs the 'serve' extra ({e}): pip install -e \".[serve]\"") from None
     from actionrec.deploy.service import load_served_model
     from actionrec.engine.threads import cpu_threads
 

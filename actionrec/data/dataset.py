@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from actionrec.data.sampling import eval_clip_indices, train_clip_indices
 from actionrec.data.video_io import VideoDecodeError, VideoReader
+from actionrec.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ def class_counts(labels: Sequence[int], num_classes: int) -> list[int]:
 
 
 
-class TooManyBadVideos(RuntimeError):
+class TooManyBadVideos(UserError, RuntimeError):
     """More videos failed to decode than ``max_bad_fraction`` allows."""
 
 

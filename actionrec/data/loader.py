@@ -17,9 +17,10 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from actionrec.data.dataset import DecodeTable, TooManyBadVideos, collate_clips
+from actionrec.errors import UserError
 
 
-class LoaderStalled(RuntimeError):
+class LoaderStalled(UserError, RuntimeError):
     """A worker hung past the timeout or died; the message names the file it was decoding."""
 
 

@@ -15,13 +15,14 @@ from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
+from actionrec.errors import UserError
 
 META_NAME = "model.json"
 META_FORMAT = "actionrec-onnx"
 META_VERSION = 1
 
 
-class ModelFileError(ValueError):
+class ModelFileError(UserError, ValueError):
     """An exported model folder or file is missing, unreadable or inconsistent."""
 
 

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from actionrec.engine.distributed import all_reduce_sum, gather_objects
 from actionrec.engine.metrics import classification_report, pool_views
 from actionrec.engine.threads import cpu_threads  # noqa: F401  (moved; tools/train.py imports it from here)
+from actionrec.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def setup_amp(device: torch.device, mode: str) -> tuple[Callable[[], contextlib.
     return (lambda: torch.autocast(device_type=device.type, dtype=dtype)), scaler
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """The loss became NaN/inf and ``nan_policy`` is 'stop'."""
 
 
