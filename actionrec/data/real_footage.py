@@ -31,15 +31,13 @@ import importlib.util
 import json
 import logging
 import math
-import shutil
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from actionrec.errors import UsageError
-from actionrec.data.synthetic import MARKER_NAME, SPLIT_DIR_NAME, _exclusive_lock, _stream_id, _write_lines, _write_video
+from actionrec.data.synthetic import MARKER_NAME, SPLIT_DIR_NAME, _stream_id, _write_lines, _write_video, build_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -376,33 +374,6 @@ def generate_real_footage_dataset(out_dir: str | Path, *, progress: bool = False
 def ensure_real_footage_dataset(cache_dir: str | Path, *, progress: bool = False, **kwargs) -> Path:
     """The dataset at ``cache_dir``, generated (into a temp sibling, then renamed) unless its
     ``.complete`` marker records the same parameters. Never deletes a folder it did not write."""
-    cache_dir = Path(cache_dir)
-    params = _params(**kwargs)
-    marker = cache_dir / MARKER_NAME
-
-    def ready() -> bool:
-        try:
-            return json.loads(marker.read_text(encoding="utf-8")) == params
-        except (OSError, ValueError):
-            return False
-
-    if ready():
-        return cache_dir
-    cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(cache_dir.parent / f".{cache_dir.name}.lock"):
-        if ready():
-            return cache_dir
-        ours = set(real_classes(len(REAL_PAIRS))) | {SPLIT_DIR_NAME, MARKER_NAME}
-        if cache_dir.exists() and not all(c.name in ours for c in cache_dir.iterdir()):
-            raise FileExistsError(f"{cache_dir} exists and holds files not written by the real-footage generator")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.tmp-", dir=cache_dir.parent))
-        try:
-            generate_real_footage_dataset(tmp, progress=progress, **kwargs)
-            if cache_dir.exists():
-                shutil.rmtree(cache_dir)
-            tmp.rename(cache_dir)
-            logger.info("generated real-footage dataset in %s", cache_dir)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return cache_dir
+    ours = set(real_classes(len(REAL_PAIRS))) | {SPLIT_DIR_NAME, MARKER_NAME}
+    return build_atomically(Path(cache_dir), _params(**kwargs), ours, "real-footage",
+                            lambda tmp: generate_real_footage_dataset(tmp, progress=progress, **kwargs))

@@ -36,6 +36,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -601,12 +602,6 @@ def _marker_matches(path: Path, params: dict) -> bool:
         return False
 
 
-def _is_replaceable(path: Path) -> bool:
-    """True if ``path`` holds nothing but what the generator writes (safe to delete)."""
-    ours = set(SYNTHETIC_CLASSES) | {SPLIT_DIR_NAME, MARKER_NAME}
-    return path.is_dir() and all(child.name in ours for child in path.iterdir())
-
-
 @contextlib.contextmanager
 def _exclusive_lock(lock_path: Path) -> Iterator[None]:
     """Serialise generation across processes (DDP ranks, parallel test workers)."""
@@ -641,20 +636,30 @@ def ensure_synthetic_dataset(cache_dir: str | Path, **kwargs) -> Path:
         FileExistsError: ``cache_dir`` holds files the generator did not write
             (it is never deleted then).
     """
-    cache_dir = Path(cache_dir)
     progress = bool(kwargs.pop("progress", False))
-    params = SyntheticParams(**kwargs).marker()
+    ours = set(SYNTHETIC_CLASSES) | {SPLIT_DIR_NAME, MARKER_NAME}
+    return build_atomically(Path(cache_dir), SyntheticParams(**kwargs).marker(), ours, "synthetic",
+                            lambda tmp: generate_synthetic_dataset(tmp, **kwargs, progress=progress))
+
+
+def build_atomically(cache_dir: Path, params: dict, ours: set[str], what: str, generate: Callable[[Path], object]) -> Path:
+    """``cache_dir`` as ``generate(folder)`` writes it, unless its marker already records ``params``.
+
+    Generation goes to a temporary sibling folder renamed into place, under a file lock, so readers
+    (DDP ranks, parallel tests) never see a half-written dataset. A folder holding anything but
+    ``ours`` (names a generator writes) is never replaced: FileExistsError.
+    """
     if _marker_matches(cache_dir, params):
         return cache_dir
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive_lock(cache_dir.parent / f".{cache_dir.name}.lock"):
         if _marker_matches(cache_dir, params):  # another process finished while we waited
             return cache_dir
-        if cache_dir.exists() and not _is_replaceable(cache_dir):
-            raise FileExistsError(f"{cache_dir} exists and holds files not written by the synthetic generator")
+        if cache_dir.exists() and not (cache_dir.is_dir() and all(c.name in ours for c in cache_dir.iterdir())):
+            raise FileExistsError(f"{cache_dir} exists and holds files not written by the {what} generator")
         tmp = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.tmp-", dir=cache_dir.parent))
         try:
-            generate_synthetic_dataset(tmp, **kwargs, progress=progress)
+            generate(tmp)
             if cache_dir.exists():
                 stale = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.stale-", dir=cache_dir.parent))
                 stale.rmdir()
@@ -663,7 +668,7 @@ def ensure_synthetic_dataset(cache_dir: str | Path, **kwargs) -> Path:
                 shutil.rmtree(stale, ignore_errors=True)
             else:
                 tmp.rename(cache_dir)
-            logger.info("generated synthetic dataset in %s", cache_dir)
+            logger.info("generated %s dataset in %s", what, cache_dir)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
