@@ -37,6 +37,8 @@ def tiny_overrides(root: Path, out_dir: Path) -> list[str]:
         "train.batch_size=4",
         "train.epochs=1",
         "train.device=cpu",
+        # The automatic count follows machine load; runs compared weight for weight (resume) need the same.
+        "train.cpu_threads=1",
         "eval.batch_size=4",
         "logging.wandb.mode=disabled",
     ]
