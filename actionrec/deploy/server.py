@@ -89,6 +89,39 @@ def one_line(text: str) -> str:
     return lines[0][:500] if lines else "error"
 
 
+def _upload_boundary(request: Request, max_bytes: int) -> bytes:
+    """The multipart boundary; 415 for another content type, 413 when the declared length is too large."""
+    ctype, params = parse_options_header(request.headers.get("content-type", ""))
+    if ctype != b"multipart/form-data" or not params.get(b"boundary"):
+        raise ApiError(415, f"send the video as multipart/form-data in the field '{FIELD}' "
+                            f"(got Content-Type {ctype.decode('latin-1') or 'none'!r})")
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > max_bytes + _FORM_OVERHEAD:
+        raise ApiError(413, f"upload is {int(length) / 2**20:.1f} MB; this server takes at most "
+                            f"{max_bytes / 2**20:g} MB (--max-upload-mb)")
+    return params[b"boundary"]
+
+
+def _complete_upload(state: dict) -> tuple[str, str]:
+    """(path, client file name) of a finished upload; 400 when no file, a cut-short or an empty one."""
+    if state["path"] is None:
+        raise ApiError(400, f"no '{FIELD}' field in the form: send the video as multipart field '{FIELD}'")
+    if state["file"] is not None:
+        raise ApiError(400, "the upload ended in the middle of the file (body cut short)")
+    if state["bytes"] == 0:
+        raise ApiError(400, f"{state['name']}: empty upload (0 bytes)")
+    return state["path"], state["name"]
+
+
+def _discard_upload(state: dict) -> None:
+    """Close and delete a partly written upload."""
+    if state["file"] is not None:
+        state["file"].close()
+    if state["path"] is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(state["path"])
+
+
 async def receive_upload(request: Request, folder: str, max_bytes: int) -> tuple[str, str]:
     """Stream the multipart field ``file`` into a new file in ``folder``.
 
@@ -98,14 +131,7 @@ async def receive_upload(request: Request, folder: str, max_bytes: int) -> tuple
     Raises:
         ApiError: 415 not multipart, 413 too large, 400 malformed, no ``file`` field, or empty.
     """
-    ctype, params = parse_options_header(request.headers.get("content-type", ""))
-    if ctype != b"multipart/form-data" or not params.get(b"boundary"):
-        raise ApiError(415, f"send the video as multipart/form-data in the field '{FIELD}' "
-                            f"(got Content-Type {ctype.decode('latin-1') or 'none'!r})")
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > max_bytes + _FORM_OVERHEAD:
-        raise ApiError(413, f"upload is {int(length) / 2**20:.1f} MB; this server takes at most "
-                            f"{max_bytes / 2**20:g} MB (--max-upload-mb)")
+    boundary = _upload_boundary(request, max_bytes)
     state = {"headers": {}, "field": "", "value": b"", "name": None, "file": None, "path": None, "bytes": 0,
              "files": 0, "other": 0, "error": None, "current": "other"}
 
@@ -152,7 +178,7 @@ async def receive_upload(request: Request, folder: str, max_bytes: int) -> tuple
             state["file"].close()
             state["file"] = None
 
-    parser = MultipartParser(params[b"boundary"], callbacks={
+    parser = MultipartParser(boundary, callbacks={
         "on_header_field": on_header_field, "on_header_value": on_header_value, "on_header_end": on_header_end,
         "on_headers_finished": on_headers_finished, "on_part_data": on_part_data, "on_part_end": on_part_end})
     try:
@@ -170,19 +196,9 @@ async def receive_upload(request: Request, folder: str, max_bytes: int) -> tuple
             parser.finalize()
         except Exception as e:  # noqa: BLE001 - a body cut short
             raise ApiError(400, f"malformed multipart body: {one_line(e)}") from None
-        if state["path"] is None:
-            raise ApiError(400, f"no '{FIELD}' field in the form: send the video as multipart field '{FIELD}'")
-        if state["file"] is not None:
-            raise ApiError(400, "the upload ended in the middle of the file (body cut short)")
-        if state["bytes"] == 0:
-            raise ApiError(400, f"{state['name']}: empty upload (0 bytes)")
-        return state["path"], state["name"]
+        return _complete_upload(state)
     except BaseException:
-        if state["file"] is not None:
-            state["file"].close()
-        if state["path"] is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(state["path"])
+        _discard_upload(state)
         raise
 
 
@@ -248,6 +264,14 @@ def create_app(model: ServedModel, settings: ServeSettings, *, on_ready: Callabl
     app = FastAPI(title="actionrec", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.serve = state
 
+    _add_error_handlers(app, state)
+    _add_http_routes(app, state, model, settings, page)
+    _add_stream_route(app, state, model, settings)
+    return app
+
+
+def _add_error_handlers(app: FastAPI, state: _State) -> None:
+    """Errors as one-line JSON: API errors with their status, validation errors 422, anything else 500."""
     @app.exception_handler(ApiError)
     async def api_error(request, exc: ApiError):
         if exc.status != 503:
@@ -273,6 +297,9 @@ def create_app(model: ServedModel, settings: ServeSettings, *, on_ready: Callabl
         log.exception("internal error on %s %s", request.method, request.url.path)
         return JSONResponse({"error": f"internal error: {type(exc).__name__}: {one_line(exc)}"}, status_code=500)
 
+
+def _add_http_routes(app: FastAPI, state: _State, model: ServedModel, settings: ServeSettings, page: str) -> None:
+    """The page, health and model info, and POST /v1/classify (an uploaded video, batched)."""
     @app.get("/", response_class=HTMLResponse)
     async def index():
         return HTMLResponse(page)
@@ -341,6 +368,9 @@ def create_app(model: ServedModel, settings: ServeSettings, *, on_ready: Callabl
                 out[i] = row
         return out
 
+
+def _add_stream_route(app: FastAPI, state: _State, model: ServedModel, settings: ServeSettings) -> None:
+    """The WebSocket /v1/stream: frames in, predictions out, bounded drops when the client is faster."""
     @app.websocket("/v1/stream")
     async def stream(ws: WebSocket, topk: int | None = None):
         await ws.accept()
@@ -413,8 +443,6 @@ def create_app(model: ServedModel, settings: ServeSettings, *, on_ready: Callabl
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
                 await reader
-
-    return app
 
 
 def _run_model(backend, key, x: np.ndarray) -> np.ndarray:
