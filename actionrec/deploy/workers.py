@@ -91,12 +91,12 @@ class WorkerPool:
                     self._finish(i, slot, None, replace=True)
                     continue
                 item, fut = self._todo.popleft()
-                if not fut.set_running_or_notify_cancel():
+                if not fut.running() and not fut.set_running_or_notify_cancel():  # running: a requeued job
                     continue
                 try:
                     slot.give(item)
-                except OSError:  # died between the check and the send
-                    fut.set_result(TaskResult(item, None, "worker exited before it got the job"))
+                except OSError:  # died between the check and the send: the job never ran, so it waits again
+                    self._todo.appendleft((item, fut))
                     self._finish(i, slot, None, replace=True)
                     continue
                 slot.future = fut
