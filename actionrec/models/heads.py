@@ -25,6 +25,12 @@ def valid_mask(lengths: torch.Tensor | None, batch: int, steps: int, device: tor
     return torch.arange(steps, device=device)[None, :] < lengths.to(device)[:, None]
 
 
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, D) -> (B, D): the mean over the valid steps of ``mask`` (B, T)."""
+    m = mask.unsqueeze(-1).to(x.dtype)
+    return (x * m).sum(1) / m.sum(1).clamp_min(1)
+
+
 class AdditiveAttention(nn.Module):
     """score_t = v^T tanh(W h_t); softmax over valid steps; returns sum_t a_t h_t and the weights."""
 
@@ -104,8 +110,7 @@ class LSTMHead(nn.Module):
             dirs = 2 if self.lstm.bidirectional else 1
             pooled = torch.cat([h_n[-dirs + i] for i in range(dirs)], dim=1)
         elif self.pooling == "mean":
-            m = mask.unsqueeze(-1).to(out.dtype)
-            pooled = (out * m).sum(1) / m.sum(1).clamp_min(1)
+            pooled = masked_mean(out, mask)
         else:
             pooled, _ = self.attention(out, mask)
         return self.fc(self.dropout(pooled))
@@ -122,8 +127,7 @@ class MeanHead(nn.Module):
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         b, t, _ = feats.shape
-        m = valid_mask(lengths, b, t, feats.device).unsqueeze(-1).to(feats.dtype)
-        pooled = (feats * m).sum(1) / m.sum(1).clamp_min(1)
+        pooled = masked_mean(feats, valid_mask(lengths, b, t, feats.device))
         return self.fc(self.dropout(pooled))
 
 
@@ -180,8 +184,7 @@ class TransformerHead(nn.Module):
             last = (mask.long().sum(1) - 1).clamp_min(0)
             pooled = x[torch.arange(b, device=x.device), last]
         elif self.pooling == "mean":
-            m = mask.unsqueeze(-1).to(x.dtype)
-            pooled = (x * m).sum(1) / m.sum(1).clamp_min(1)
+            pooled = masked_mean(x, mask)
         else:
             pooled, _ = self.attention(x, mask)
         return self.fc(self.dropout(pooled))
