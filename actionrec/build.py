@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 from actionrec.config import Config, DataConfig, ModelConfig
-from actionrec.data.dataset import ClipSampling, VideoClipDataset, class_counts
+from actionrec.data.dataset import DecodeFailures, VideoClipDataset, class_counts
+from actionrec.data.loader import build_loader
 from actionrec.data.splits import DatasetSplit, load_split
 from actionrec.data.synthetic import ensure_synthetic_dataset
 from actionrec.data.transforms import eval_transform, train_transform
@@ -38,6 +41,20 @@ def dataset_split(data: DataConfig) -> DatasetSplit:
     return load_split(root, split=data.split, split_dir=Path(data.split_dir).expanduser() if data.split_dir else None)
 
 
+def checkpoint_split(data: DataConfig, classes: list[str], checkpoint: str | Path) -> DatasetSplit:
+    """The dataset split a checkpoint is evaluated on; its classes (names and order) must be the checkpoint's.
+
+    Raises:
+        UsageError: the dataset has other classes than the ones ``checkpoint`` was trained on.
+    """
+    from actionrec.errors import UsageError
+
+    split = dataset_split(data)
+    if list(split.classes) != list(classes):
+        raise UsageError(f"{checkpoint}: trained on classes {list(classes)}, but the dataset has {list(split.classes)}")
+    return split
+
+
 def transform_kwargs(data: DataConfig) -> dict:
     return dict(resize_short=data.resize_short, crop_size=data.crop_size, mean=data.mean, std=data.std)
 
@@ -58,20 +75,16 @@ def eval_transforms_from(data: DataConfig, num_crops: int = 1) -> list:
     return [eval_transform(**transform_kwargs(data), crop=c) for c in crops]
 
 
-def sampling_from(data: DataConfig, num_clips: int = 1) -> ClipSampling:
-    return ClipSampling(
-        clip_len=data.clip_len,
-        mode=data.train_sampling,
-        frame_interval=data.frame_interval,
-        short_video=data.short_video,
-        num_clips=num_clips,
-    )
+def sampling_spec(data: DataConfig) -> dict:
+    """``data.sampling`` as ``eval_clip_indices``' keywords besides clip_len and num_clips (export and serve metadata)."""
+    s = data.sampling
+    return {"mode": s.mode, "frame_interval": s.frame_interval, "short_video": s.short_video}
 
 
 def train_dataset(cfg: Config, split: DatasetSplit) -> VideoClipDataset:
     return VideoClipDataset(
         split.train,
-        sampling=sampling_from(cfg.data),
+        sampling=cfg.data.sampling,
         transforms=[train_transform_from(cfg.data)],
         train=True,
         backend=cfg.data.backend,
@@ -83,7 +96,7 @@ def train_dataset(cfg: Config, split: DatasetSplit) -> VideoClipDataset:
 def eval_dataset(cfg: Config, samples, *, num_clips: int, num_crops: int = 1) -> VideoClipDataset:
     return VideoClipDataset(
         samples,
-        sampling=sampling_from(cfg.data, num_clips),
+        sampling=replace(cfg.data.sampling, num_clips=num_clips),
         transforms=eval_transforms_from(cfg.data, num_crops),
         train=False,
         backend=cfg.data.backend,
@@ -92,26 +105,71 @@ def eval_dataset(cfg: Config, samples, *, num_clips: int, num_crops: int = 1) ->
     )
 
 
+def loader_kwargs(cfg: Config, *, rank: int = 0, world_size: int = 1, pin_memory: bool = False, **changes) -> dict:
+    """``build_loader``'s keywords from ``data`` (workers, timeout) for this process; ``changes`` win."""
+    kw = dict(num_workers=cfg.data.num_workers, rank=rank, world_size=world_size, pin_memory=pin_memory,
+              timeout=cfg.data.loader_timeout)
+    return {**kw, **changes}
+
+
+def eval_loader(cfg: Config, dataset, **loader_kw):
+    """The evaluation loader (``eval.batch_size``, every item once); ``loader_kw`` as ``loader_kwargs``."""
+    return build_loader(dataset, batch_size=cfg.eval.batch_size, train=False, **loader_kwargs(cfg, **loader_kw))
+
+
+def train_val_loaders(cfg: Config, train_ds, val_ds, **loader_kw) -> tuple:
+    """(train loader: ``train.batch_size``, ``data.balance``, seeded by ``train.seed``; validation loader)."""
+    kw = loader_kwargs(cfg, seed=cfg.train.seed, **loader_kw)
+    train_loader = build_loader(train_ds, batch_size=cfg.train.batch_size, train=True, labels=train_ds.labels,
+                                balance=cfg.data.balance, **kw)
+    return train_loader, build_loader(val_ds, batch_size=cfg.eval.batch_size, train=False, **kw)
+
+
+@dataclass
+class TrainData:
+    """What training reads: class names, datasets, loaders and the decode-failure budget."""
+
+    classes: list[str]
+    train_ds: Any
+    val_ds: Any
+    train_loader: Any
+    val_loader: Any
+    failures: DecodeFailures
+
+
+def train_data(cfg: Config, split: DatasetSplit, **loader_kw) -> TrainData:
+    """Train and validation (``train.val_clips`` clips) datasets and loaders; ``loader_kw`` as ``loader_kwargs``."""
+    train_ds, val_ds = train_dataset(cfg, split), eval_dataset(cfg, split.test, num_clips=cfg.train.val_clips)
+    loaders = train_val_loaders(cfg, train_ds, val_ds, **loader_kw)
+    return TrainData(list(split.classes), train_ds, val_ds, *loaders,
+                     DecodeFailures(len(train_ds) + len(val_ds), cfg.data.max_bad_fraction))
+
+
+def use_cached_features(cfg: Config, data: TrainData, split: DatasetSplit, model, *, rank: int = 0,
+                        world_size: int = 1, barrier=lambda: None, **loader_kw) -> None:
+    """``train.cache_features``: ``data``'s loaders read the frozen backbone's features (``feature_datasets``)."""
+    train_feats, val_feats, bad = feature_datasets(cfg, split, model, rank=rank, world_size=world_size,
+                                                   barrier=barrier)
+    data.failures.add(bad)
+    # In-memory tensors: worker processes would only add overhead.
+    data.train_loader, data.val_loader = train_val_loaders(cfg, train_feats, val_feats, rank=rank,
+                                                           world_size=world_size, num_workers=0, **loader_kw)
+
+
+def scheduler_from(cfg: Config, optimizer, steps_per_epoch: int):
+    """The learning-rate schedule of ``optim`` over ``train.epochs``, counted in optimizer updates."""
+    from actionrec.engine.optim import create_scheduler, updates_per_epoch
+
+    o, updates = cfg.optim, updates_per_epoch(steps_per_epoch, cfg.optim.accum_steps)
+    return create_scheduler(optimizer, warmup_steps=int(o.warmup_epochs * updates),
+                            total_steps=cfg.train.epochs * updates, min_ratio=o.min_lr_ratio, kind=o.scheduler,
+                            patience=o.plateau_patience, factor=o.plateau_factor)
+
+
 def model_kwargs(m: ModelConfig) -> dict:
-    return dict(
-        backbone=m.backbone,
-        pretrained=m.pretrained,
-        pretrained_format=m.pretrained_format,
-        temporal=m.temporal,
-        hidden_size=m.hidden_size,
-        num_layers=m.num_layers,
-        bidirectional=m.bidirectional,
-        lstm_dropout=m.lstm_dropout,
-        pooling=m.pooling,
-        feature_grid=m.feature_grid,
-        dropout=m.dropout,
-        freeze_backbone=m.freeze_backbone,
-        freeze_stages=m.freeze_stages,
-        grad_checkpointing=m.grad_checkpointing,
-        channels_last=m.channels_last,
-        motion=m.motion,
-        motion_map=m.motion_map,
-    )
+    """``create_model``'s keywords: each ``model`` key but ``placement`` (where the tools put the parts)
+    is a keyword of the same name."""
+    return {f.name: getattr(m, f.name) for f in fields(m) if f.name != "placement"}
 
 
 def model_from(cfg: Config, num_classes: int):
@@ -134,6 +192,7 @@ def distiller_from(cfg: Config, class_names: list[str], cnn_device, head_device,
     if teacher_classes != list(class_names):
         raise ValueError(f"train.distill.teacher={d.teacher}: the teacher was trained on classes {teacher_classes}, "
                          f"the student's dataset has {list(class_names)}")
+    log.info("distilling from %s: weight %g, temperature %g", d.teacher, d.weight, d.temperature)
     return Distiller(teacher.place(cnn_device, head_device), weight=d.weight, temperature=d.temperature,
                      autocast=autocast)
 
@@ -152,6 +211,21 @@ def optimizer_kwargs(cfg: Config) -> dict:
     return dict(
         lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum, betas=o.betas, backbone_lr_mult=o.backbone_lr_mult
     )
+
+
+def loop_kwargs(cfg: Config) -> dict:
+    """``train_one_epoch``'s keywords from ``optim`` and ``train``."""
+    return dict(accum_steps=cfg.optim.accum_steps, clip_grad_norm=cfg.optim.clip_grad_norm,
+                nan_policy=cfg.train.nan_policy, max_steps=cfg.train.max_steps_per_epoch, log_every=cfg.train.log_every,
+                save_every_steps=cfg.train.save_every_steps)
+
+
+def checkpoint_saver(cfg: Config, run_dir: Path):
+    """last.pt plus the best ``train.keep_best`` checkpoints by ``train.best_metric`` (a loss ranks low first)."""
+    from actionrec.engine.checkpoint import CheckpointSaver
+
+    return CheckpointSaver(run_dir, cfg.train.keep_best, metric=cfg.train.best_metric,
+                           higher_is_better=cfg.train.best_metric != "loss")
 
 
 WANDB_MODES = {"offline": "offline", "online": "online", "disabled": "disabled", "dryrun": "offline", "run": "online"}

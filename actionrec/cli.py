@@ -8,7 +8,7 @@ import errno
 import logging
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from actionrec.errors import UserError
 
@@ -53,6 +53,18 @@ def run_command(parse_args: Callable[[list[str] | None], argparse.Namespace],
     args = parse_args(argv)
     with exit_on_error(extra=extra):
         return run(args)
+
+
+def run_tool(parse_args: Callable[[list[str] | None], argparse.Namespace], main: Callable[[argparse.Namespace], Any],
+             argv: list[str] | None = None, *, extra: tuple[type[BaseException], ...] = ()) -> Any:
+    """``main(parse_args(argv))`` for a tool: user errors (and ``extra``) as one line, a traceback with ``--debug``.
+
+    Returns:
+        What ``main`` returns.
+    """
+    args = parse_args(argv)
+    with exit_on_error(args.debug, extra=extra):
+        return main(args)
 
 
 def print_raw_file_names() -> None:

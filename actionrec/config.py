@@ -18,6 +18,7 @@ from typing import Any, Literal, Sequence
 import yaml
 
 from actionrec.data.occlusion import FrameOcclusion
+from actionrec.data.sampling import ClipSampling
 from actionrec.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -34,16 +35,21 @@ class ConfigError(UserError, ValueError):
         super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message)))
 
 
+# A section field with this metadata is written in YAML as flat keys of its parent section:
+# {YAML key: the object's attribute}. data.sampling keeps the keys data.clip_len, data.train_sampling, ...
+FLAT = "flat_keys"
+
+
 @dataclass(frozen=True)
 class DataConfig:
     root: str = ""  # UCF-style folder; empty means the built-in synthetic dataset
     cache_dir: str = "~/.cache/actionrec"  # where the synthetic dataset is generated
     split: int = 1
     split_dir: str = ""  # folder with classInd.txt / trainlistNN.txt; default: look under root
-    clip_len: int = 16
-    frame_interval: int = 1  # stride between frames of a dense clip
-    train_sampling: Literal["segment", "dense"] = "segment"
-    short_video: Literal["loop", "repeat_last"] = "loop"
+    # The dataset's own ClipSampling (num_clips stays 1: eval.num_clips and train.val_clips set it per use).
+    sampling: ClipSampling = field(default_factory=ClipSampling, metadata={FLAT: {
+        "clip_len": "clip_len", "frame_interval": "frame_interval", "train_sampling": "mode",
+        "short_video": "short_video"}})
     resize_short: int = 256
     crop_size: int = 224
     crop_scale: tuple[float, float] = (0.35, 1.0)
@@ -268,9 +274,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
 
 
+def _flat_keys(cls: type) -> dict[str, tuple[str, str]]:
+    """{flat YAML key: (field, attribute of the field's object)} of ``cls``'s ``FLAT`` fields."""
+    return {key: (f.name, attr) for f in dataclasses.fields(cls) for key, attr in f.metadata.get(FLAT, {}).items()}
+
+
 def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    flat = _flat_keys(cls)
+    names = {f.name for f in dataclasses.fields(cls) if FLAT not in f.metadata} | set(flat)
     unknown = sorted(set(data) - names)
     if unknown:
         where = f"{prefix}." if prefix else ""
@@ -278,10 +290,16 @@ def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
             f"unknown config key '{where}{unknown[0]}' (valid keys in '{prefix or 'top level'}': "
             f"{', '.join(sorted(names))})"
         )
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
+    parts: dict[str, dict] = {}  # FLAT field -> {attribute: value}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
-        kwargs[name] = _coerce(value, hints[name], key)
+        if name in flat:
+            field_name, attr = flat[name]
+            parts.setdefault(field_name, {})[attr] = _coerce(value, typing.get_type_hints(hints[field_name])[attr], key)
+        else:
+            kwargs[name] = _coerce(value, hints[name], key)
+    kwargs.update({name: hints[name](**values) for name, values in parts.items()})
     return cls(**kwargs)
 
 
@@ -290,7 +308,13 @@ def config_to_dict(cfg: Any) -> dict:
 
     def conv(v: Any) -> Any:
         if dataclasses.is_dataclass(v):
-            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            out = {}
+            for f in dataclasses.fields(v):
+                if FLAT in f.metadata:
+                    out.update({key: conv(getattr(getattr(v, f.name), attr)) for key, attr in f.metadata[FLAT].items()})
+                else:
+                    out[f.name] = conv(getattr(v, f.name))
+            return out
         if isinstance(v, (list, tuple)):
             return [conv(x) for x in v]
         return v
@@ -417,8 +441,9 @@ def validate(cfg: Config) -> None:
 
 
 def _validate_data(d: DataConfig) -> None:
-    _check(d.clip_len >= 1, "data.clip_len", d.clip_len, "must be >= 1")
-    _check(d.frame_interval >= 1, "data.frame_interval", d.frame_interval, "must be >= 1")
+    s = d.sampling
+    _check(s.clip_len >= 1, "data.clip_len", s.clip_len, "must be >= 1")
+    _check(s.frame_interval >= 1, "data.frame_interval", s.frame_interval, "must be >= 1")
     _check(1 <= d.split <= 99, "data.split", d.split, "must be a split number like 1, 2 or 3")
     _check(d.crop_size >= 8, "data.crop_size", d.crop_size, "must be >= 8")
     _check(d.resize_short >= d.crop_size, "data.resize_short", d.resize_short, f"must be >= data.crop_size ({d.crop_size})")

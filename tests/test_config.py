@@ -10,7 +10,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 def test_defaults_and_overrides_are_typed():
     cfg = load_config(None, ["optim.lr=3e-4", "data.clip_len=8", "data.hflip=false", "data.crop_scale=[0.5, 1.0]"])
     assert cfg.optim.lr == pytest.approx(3e-4) and isinstance(cfg.optim.lr, float)
-    assert cfg.data.clip_len == 8
+    assert cfg.data.sampling.clip_len == 8
     assert cfg.data.hflip is False
     assert cfg.data.crop_scale == (0.5, 1.0)
     assert isinstance(cfg, Config)
@@ -25,7 +25,7 @@ def test_config_is_frozen():
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_shipped_configs_load(path):
     cfg = load_config(path)
-    assert cfg.data.clip_len >= 1
+    assert cfg.data.sampling.clip_len >= 1
 
 
 def test_yaml_file_values_and_override_precedence(tmp_path):

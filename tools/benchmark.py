@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from actionrec import build
-from actionrec.cli import exit_on_error
+from actionrec.cli import run_tool
 from actionrec.config import config_to_dict, load_config
 from actionrec.data.loader import build_loader
 from actionrec.data.synthetic import generate_synthetic_dataset
@@ -83,7 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def quickstart_size() -> tuple[int, int, int]:
     """(batch, clip_len, crop) of configs/quickstart.yaml, so the comparison follows the config."""
     cfg = load_config(QUICKSTART)
-    return cfg.train.batch_size, cfg.data.clip_len, cfg.data.crop_size
+    return cfg.train.batch_size, cfg.data.sampling.clip_len, cfg.data.crop_size
 
 
 def quickstart_cfg(work: Path, s: dict):
@@ -288,6 +288,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    args = parse_args()
-    with exit_on_error(args.debug):
-        main(args)
+    run_tool(parse_args, main)

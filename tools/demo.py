@@ -29,7 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from actionrec.cli import exit_on_error
+from actionrec.cli import run_tool
 from actionrec.deploy.backends import ModelFileError, TorchBackend, load_onnx_backend
 from actionrec.deploy.overlay import crop_box, draw_heatmap, draw_overlay
 from actionrec.deploy.sources import VideoSourceError, display_available, open_source
@@ -104,7 +104,7 @@ def load_model(args: argparse.Namespace, threads: int) -> tuple[object, dict]:
     else:
         backend = TorchBackend(model, preprocess)
     demo = {"stride": cfg.demo.stride, "smooth": cfg.demo.smooth, "topk": cfg.demo.topk, "frame_step": cfg.demo.frame_step}
-    return backend, {"class_names": classes, "clip_len": cfg.data.clip_len, "demo": demo, "model": str(path),
+    return backend, {"class_names": classes, "clip_len": cfg.data.sampling.clip_len, "demo": demo, "model": str(path),
                      "crop": {"resize_short": cfg.data.resize_short, "crop_size": cfg.data.crop_size}}
 
 
@@ -215,10 +215,8 @@ def main(args: argparse.Namespace) -> dict:
 
 
 def cli(argv=None) -> dict | None:
-    args = parse_args(argv)
     # actionrec.cli imports no torch, so the ONNX path can use it too. ValueError: the tool's own checks.
-    with exit_on_error(args.debug, extra=(ValueError, ModelFileError, VideoSourceError)):
-        return main(args)
+    return run_tool(parse_args, main, argv, extra=(ValueError, ModelFileError, VideoSourceError))
 
 
 if __name__ == "__main__":

@@ -18,22 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 
-import torch
-
 from actionrec import build
-from actionrec.cli import exit_on_error, setup_logging
+from actionrec.cli import run_tool, setup_logging
 from actionrec.config import config_to_dict
-from actionrec.data.loader import build_loader
 from actionrec.engine import distributed as D
 from actionrec.engine.loop import evaluate, resolve_amp, setup_amp
 from actionrec.engine.metrics import confident_mistakes
 from actionrec.engine.plots import plot_confusion, plot_mistakes
-from actionrec.engine.threads import cpu_threads
-from actionrec.engine.tracking import RunLogger, clip_to_uint8
-from actionrec.errors import UsageError
+from actionrec.engine.tracking import clip_to_uint8, log_pictures_run
 
 log = logging.getLogger("actionrec.eval")
 
@@ -75,15 +69,10 @@ def write_mistakes(ds, rep: dict, classes: list[str], cfg, path: Path, num: int)
 
 def log_to_wandb(cfg, args, out: Path, rep: dict) -> None:
     """An eval run in W&B (job_type eval): the metrics, the confusion matrix and the mistakes as images."""
-    kwargs = build.wandb_kwargs(cfg, out)
-    if kwargs is None:
-        return
-    kwargs.update(job_type="eval", name=f"{kwargs['name']}-eval", notes=f"{args.checkpoint} ({args.split} split)")
-    tracker = RunLogger(out, wandb_kwargs=kwargs)
-    tracker.log_pictures({"eval/confusion": (out / "confusion.png", args.checkpoint.name),
-                          "eval/mistakes": (out / "mistakes.png", "most confident mistakes")},
-                         metrics={f"eval/{k}": rep[k] for k in ("top1", "top5", "mean_class_acc", "loss")})
-    tracker.finish()
+    log_pictures_run(out, build.wandb_kwargs(cfg, out), job_type="eval", notes=f"{args.checkpoint} ({args.split} split)",
+                     pictures={"eval/confusion": (out / "confusion.png", args.checkpoint.name),
+                               "eval/mistakes": (out / "mistakes.png", "most confident mistakes")},
+                     metrics={f"eval/{k}": rep[k] for k in ("top1", "top5", "mean_class_acc", "loss")})
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -92,18 +81,13 @@ def main(args: argparse.Namespace) -> dict:
     dist = D.init_distributed(cfg.train.dist_backend, device=args.device)
     setup_logging(main=dist.is_main)
     device = D.resolve_device(args.device, dist.local_rank)
-    split = build.dataset_split(cfg.data)
-    if list(split.classes) != classes:
-        raise UsageError(f"{args.checkpoint}: trained on classes {classes}, but the dataset has {list(split.classes)}")
+    split = build.checkpoint_split(cfg.data, classes, args.checkpoint)
     samples = split.test if args.split == "test" else split.train
     ds = build.eval_dataset(cfg, samples, num_clips=cfg.eval.num_clips, num_crops=cfg.eval.num_crops)
-    loader = build_loader(ds, batch_size=cfg.eval.batch_size, train=False, num_workers=cfg.data.num_workers,
-                          rank=dist.rank, world_size=dist.world_size, pin_memory=device.type == "cuda",
-                          timeout=cfg.data.loader_timeout)
+    loader = build.eval_loader(cfg, ds, rank=dist.rank, world_size=dist.world_size, pin_memory=device.type == "cuda")
     model.place(device, device)
     if device.type == "cpu":  # as in training: leave the loader workers and other programs their cores
-        torch.set_num_threads(cpu_threads(args.threads, num_workers=cfg.data.num_workers,
-                                          procs_per_node=int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+        D.set_cpu_threads(args.threads, num_workers=cfg.data.num_workers)
     autocast, _ = setup_amp(device, args.amp)
     criterion = build.loss_from(cfg, [s.label for s in split.train], len(classes)).to(device)
     views = cfg.eval.num_clips * cfg.eval.num_crops
@@ -137,6 +121,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    args = parse_args()
-    with exit_on_error(args.debug):
-        main(args)
+    run_tool(parse_args, main)

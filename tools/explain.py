@@ -28,8 +28,7 @@ import numpy as np
 import torch
 
 from actionrec import build
-from actionrec.cli import exit_on_error
-from actionrec.data.sampling import eval_clip_indices
+from actionrec.cli import run_tool
 from actionrec.data.video_io import VideoReader
 from actionrec.deploy.backends import TorchBackend
 from actionrec.deploy.explain import explain_clip, overlay_frames, stream_timeline
@@ -37,7 +36,7 @@ from actionrec.deploy.sources import open_source
 from actionrec.deploy.streaming import StreamingClassifier
 from actionrec.engine.distributed import resolve_device
 from actionrec.engine.plots import plot_gradcam_grid, plot_timeline
-from actionrec.engine.tracking import RunLogger, clip_to_uint8
+from actionrec.engine.tracking import clip_to_uint8, log_pictures_run
 from actionrec.errors import UsageError
 
 
@@ -72,8 +71,7 @@ def sample_clip(cfg, path: Path) -> tuple[list[int], torch.Tensor]:
     """The frame indices and the normalised (T, C, H, W) clip tools/eval.py would take (one clip, centre crop)."""
     d = cfg.data
     with VideoReader(path, backend=d.backend, seek=d.seek) as reader:
-        idx = eval_clip_indices(len(reader), d.clip_len, 1, mode=d.train_sampling, frame_interval=d.frame_interval,
-                                short_video=d.short_video)[0]
+        idx = d.sampling.eval_indices(len(reader))[0]  # num_clips 1
         frames = reader.get_frames(idx)
     return idx.tolist(), build.eval_transforms_from(d)[0](frames)
 
@@ -100,29 +98,24 @@ def timeline_picture(args, cfg, model, classes, out: Path, highlight: int) -> di
     settings = {k: getattr(demo, k) if getattr(args, k) is None else getattr(args, k)
                 for k in ("stride", "smooth", "frame_step")}
     backend = TorchBackend(model, build.eval_transforms_from(cfg.data)[0].frame)
-    clf = StreamingClassifier(backend, classes, clip_len=cfg.data.clip_len, topk=demo.topk, **settings)
+    clf = StreamingClassifier(backend, classes, clip_len=cfg.data.sampling.clip_len, topk=demo.topk, **settings)
     source = open_source(str(args.video))
     try:
         tl = stream_timeline(clf, source, max_frames=args.max_frames)
     finally:
         source.release()
-    title = (f"{args.video.name}: {tl.num_frames} frames, window {cfg.data.clip_len} x step {settings['frame_step']}, "
+    title = (f"{args.video.name}: {tl.num_frames} frames, window {cfg.data.sampling.clip_len} x step {settings['frame_step']}, "
              f"head every {settings['stride']}, smoothed over {settings['smooth']}")
     plot_timeline(tl.frames, tl.probs, tl.top, classes, out / "timeline.png", fps=source.fps, title=title,
                   highlight=highlight)
-    return {"fps": source.fps, "clip_len": cfg.data.clip_len, **settings, **tl.to_json(classes)}
+    return {"fps": source.fps, "clip_len": cfg.data.sampling.clip_len, **settings, **tl.to_json(classes)}
 
 
 def log_to_wandb(cfg, args, out: Path, clip: dict) -> None:
-    kwargs = build.wandb_kwargs(cfg, out)
-    if kwargs is None:
-        return
-    kwargs.update(job_type="explain", name=f"{kwargs['name']}-explain", notes=f"{args.checkpoint} on {args.video}")
-    tracker = RunLogger(out, wandb_kwargs=kwargs)
     caption = f"{args.video.name}: {clip['class']} (predicted {clip['predicted']})"
-    tracker.log_pictures({"explain/gradcam": (out / "gradcam.png", caption),
-                          "explain/timeline": (out / "timeline.png", args.video.name)})
-    tracker.finish()
+    log_pictures_run(out, build.wandb_kwargs(cfg, out), job_type="explain", notes=f"{args.checkpoint} on {args.video}",
+                     pictures={"explain/gradcam": (out / "gradcam.png", caption),
+                               "explain/timeline": (out / "timeline.png", args.video.name)})
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -145,9 +138,7 @@ def main(args: argparse.Namespace) -> dict:
 
 
 def cli(argv=None) -> dict:
-    args = parse_args(argv)
-    with exit_on_error(args.debug):
-        return main(args)
+    return run_tool(parse_args, main, argv)
 
 
 if __name__ == "__main__":

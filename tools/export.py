@@ -25,8 +25,7 @@ import numpy as np
 import torch
 
 from actionrec import build
-from actionrec.cli import exit_on_error, setup_logging
-from actionrec.data.loader import build_loader
+from actionrec.cli import run_tool, setup_logging
 from actionrec.deploy import export as E
 from actionrec.deploy.backends import write_meta
 from actionrec.engine.threads import cpu_threads
@@ -61,8 +60,7 @@ def accuracy_report(model, qmodel, heads_onnx: dict, cfg, args) -> dict:
     """Top-1 of every head variant on the same validation backbone features, and what changed."""
     split = build.dataset_split(cfg.data)
     ds = build.eval_dataset(cfg, split.test, num_clips=args.num_clips)
-    loader = build_loader(ds, batch_size=cfg.eval.batch_size, train=False, num_workers=cfg.data.num_workers,
-                          timeout=cfg.data.loader_timeout)
+    loader = build.eval_loader(cfg, ds)
     feats, labels = E.collect_features(model, loader)  # (N, V, T, D): the backbone runs once
     labels = labels.numpy()
     heads = {"torch_fp32": E.torch_head(model), "torch_int8": E.torch_head(qmodel),
@@ -111,7 +109,7 @@ def calibration_frames(cfg, count: int) -> np.ndarray:
     from training videos spread over the split (one clip each, frames in turn) until ``count`` are taken."""
     split = build.dataset_split(cfg.data)
     ds = build.eval_dataset(cfg, split.train, num_clips=1)
-    order = np.linspace(0, len(ds) - 1, num=min(len(ds), max(1, -(-count // cfg.data.clip_len)))).round().astype(int)
+    order = np.linspace(0, len(ds) - 1, num=min(len(ds), max(1, -(-count // cfg.data.sampling.clip_len)))).round().astype(int)
     frames = []
     for i in dict.fromkeys(order.tolist()):
         item = ds[i]
@@ -138,8 +136,7 @@ def int8_report(paths: dict, cfg, args, threads: int) -> dict:
         return rep
     split = build.dataset_split(cfg.data)
     ds = build.eval_dataset(cfg, split.test, num_clips=args.num_clips)
-    loader = build_loader(ds, batch_size=cfg.eval.batch_size, train=False, num_workers=cfg.data.num_workers,
-                          timeout=cfg.data.loader_timeout)
+    loader = build.eval_loader(cfg, ds)
     feats, labels = E.collect_onnx_features(enc, loader)
     labels = labels.numpy()
     heads = {k: E.onnx_head(paths[k], threads) for k in ("head", "head_int8")}
@@ -161,7 +158,7 @@ def main(args: argparse.Namespace) -> dict:
     cfg, model, classes = build.model_from_checkpoint(args.checkpoint, args.overrides)
     threads = cpu_threads(args.threads, num_workers=cfg.data.num_workers)
     out = args.out or args.checkpoint.parent / "export"
-    clip_len, crop = cfg.data.clip_len, cfg.data.crop_size
+    clip_len, crop = cfg.data.sampling.clip_len, cfg.data.crop_size
 
     paths = E.export_onnx(model, out, clip_len=clip_len, crop_size=crop, opset=args.opset)
     diffs = E.max_abs_diff_onnx(model, paths, clip_len=clip_len, crop_size=crop)
@@ -182,8 +179,7 @@ def main(args: argparse.Namespace) -> dict:
         "demo": {"stride": cfg.demo.stride, "smooth": cfg.demo.smooth, "topk": cfg.demo.topk,
                  "frame_step": cfg.demo.frame_step},
         # tools/serve.py's multi-clip scores: the checkpoint's test-time sampling (as tools/eval.py).
-        "eval": {"num_clips": cfg.eval.num_clips, "sampling": {"mode": cfg.data.train_sampling,
-                 "frame_interval": cfg.data.frame_interval, "short_video": cfg.data.short_video},
+        "eval": {"num_clips": cfg.eval.num_clips, "sampling": build.sampling_spec(cfg.data),
                  "backend": cfg.data.backend, "seek": cfg.data.seek},
         "files": {k: p.name for k, p in paths.items()}, "checkpoint": str(args.checkpoint), "opset": args.opset,
     })
@@ -224,6 +220,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    args = parse_args()
-    with exit_on_error(args.debug):
-        main(args)
+    run_tool(parse_args, main)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from actionrec import build
-from actionrec.cli import exit_on_error, setup_logging
+from actionrec.cli import run_tool, setup_logging
 from actionrec.config import config_to_dict
 from actionrec.data.loader import build_loader
 from actionrec.deploy.export import median_ms
@@ -34,7 +34,6 @@ from actionrec.engine.loop import evaluate, setup_amp, train_one_epoch
 from actionrec.engine.optim import create_optimizer, create_scheduler
 from actionrec.engine.threads import cpu_threads
 from actionrec.models import pruning
-from actionrec.errors import UsageError
 
 log = logging.getLogger("actionrec.prune")
 
@@ -110,14 +109,11 @@ def main(args: argparse.Namespace) -> dict:
     cfg, model, classes = build.model_from_checkpoint(args.checkpoint, args.overrides)
     torch.set_num_threads(cpu_threads(args.threads, num_workers=cfg.data.num_workers))
     out = args.out or args.checkpoint.parent / "pruned"
-    split = build.dataset_split(cfg.data)
-    if list(split.classes) != classes:
-        raise UsageError(f"{args.checkpoint}: trained on classes {classes}, but the dataset has {list(split.classes)}")
-    val = build_loader(build.eval_dataset(cfg, split.test, num_clips=args.num_clips), batch_size=cfg.eval.batch_size,
-                       train=False, num_workers=cfg.data.num_workers, timeout=cfg.data.loader_timeout)
+    split = build.checkpoint_split(cfg.data, classes, args.checkpoint)
+    val = build.eval_loader(cfg, build.eval_dataset(cfg, split.test, num_clips=args.num_clips))
     criterion = build.loss_from(cfg, [s.label for s in split.train], len(classes))
     s = cfg.data.crop_size
-    example = torch.randn(1, cfg.data.clip_len, 3, s, s)
+    example = torch.randn(1, cfg.data.sampling.clip_len, 3, s, s)
     report = {"checkpoint": str(args.checkpoint), "flops_target": args.flops, "threads": torch.get_num_threads(),
               "before": measure(model, val, criterion, classes, example)}
     reference = build.model_from(cfg, len(classes))  # the unpruned architecture the stored shapes are relative to
@@ -148,6 +144,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    args = parse_args()
-    with exit_on_error(args.debug):
-        main(args)
+    run_tool(parse_args, main)

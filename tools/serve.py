@@ -137,12 +137,10 @@ def main(args: argparse.Namespace) -> None:
 
 
 def cli(argv=None) -> None:
-    args = parse_args(argv)
-    from actionrec.cli import exit_on_error  # imports no torch: the ONNX path can use it too
+    from actionrec.cli import run_tool  # imports no torch: the ONNX path can use it too
     from actionrec.deploy.backends import ModelFileError
 
-    with exit_on_error(args.debug, extra=(ValueError, ModelFileError)):  # ValueError: the tool's own checks
-        main(args)
+    run_tool(parse_args, main, argv, extra=(ValueError, ModelFileError))  # ValueError: the tool's own checks
 
 
 if __name__ == "__main__":

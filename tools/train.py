@@ -9,7 +9,6 @@
 
 import argparse
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,20 +19,18 @@ import torch
 from actionrec import build
 from actionrec.cli import exit_on_error, setup_logging
 from actionrec.config import Config, config_to_dict, load_config, save_config
-from actionrec.data.dataset import DecodeFailures
-from actionrec.data.loader import build_loader, set_epoch
-from actionrec.engine import checkpoint as ckpt_io
+from actionrec.data.loader import set_epoch
 from actionrec.engine import distributed as D
-from actionrec.engine.loop import cpu_threads, evaluate, resolve_amp, setup_amp, train_one_epoch
-from actionrec.engine.metrics import format_per_class
-from actionrec.engine.optim import create_optimizer, create_scheduler, updates_per_epoch
+from actionrec.engine.checkpoint import Position, RunCheckpoints, resume_training, unwrap
+from actionrec.engine.loop import evaluate, resolve_amp, setup_amp, train_one_epoch
+from actionrec.engine.metrics import EPOCH_HEADER, epoch_line, epoch_row, val_columns
+from actionrec.engine.optim import create_optimizer, describe_parameters
 from actionrec.engine.plots import plot_confusion, plot_curves
 from actionrec.engine.preemption import PREEMPTED_EXIT, StopRequest
 from actionrec.engine.tracking import RunLogger
 
 log = logging.getLogger("actionrec.train")
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
-HEADER = f"{'epoch':>5} {'loss':>7} {'acc':>6} {'val_loss':>8} {'top1':>6} {'top5':>6} {'mca':>6} {'lr':>9} {'clips/s':>7} {'time':>6} {'bad':>4}"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,25 +44,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-@dataclass(frozen=True)
-class Position:
-    """Where training continues: the 0-based epoch, its batches already done, the global optimizer step."""
-
-    epoch: int = 0
-    batches_done: int = 0
-    step: int = 0
-
-
-@dataclass
-class Data:
-    classes: list[str]
-    train_ds: Any
-    val_ds: Any
-    train_loader: Any
-    val_loader: Any
-    failures: DecodeFailures
-
-
 @dataclass
 class Run:
     """What the epoch loop uses, built once by ``main``."""
@@ -74,7 +52,7 @@ class Run:
     dist: D.DistInfo
     run_dir: Path
     devices: tuple[torch.device, torch.device]  # (cnn, head); inputs, autocast and pinned memory follow the cnn
-    data: Data
+    data: build.TrainData
     model: torch.nn.Module  # possibly DDP-wrapped
     core: torch.nn.Module  # the plain model: optimizer and checkpoints see no 'module.' keys
     criterion: torch.nn.Module
@@ -84,7 +62,7 @@ class Run:
     scaler: torch.amp.GradScaler
     distill: Any  # engine.distill.Distiller or None
     steps_per_epoch: int
-    saver: ckpt_io.CheckpointSaver | None = None
+    checkpoints: RunCheckpoints | None = None
     tracker: RunLogger | None = None
 
 
@@ -92,44 +70,8 @@ def setup_process(cfg: Config, dist: D.DistInfo, device: torch.device, run_dir: 
     """Logging, CPU threads, seed and determinism of this process."""
     setup_logging(run_dir / "train.log" if dist.is_main else None, main=dist.is_main)
     if device.type == "cpu":  # leave the data workers their cores: oversubscribed OpenMP threads stall
-        torch.set_num_threads(cpu_threads(cfg.train.cpu_threads, num_workers=cfg.data.num_workers,
-                                          procs_per_node=int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
-        log.info("torch CPU threads: %d", torch.get_num_threads())
-    torch.manual_seed(D.rank_seed(cfg.train.seed, dist.rank, dist.world_size))
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-
-
-def _loader_kwargs(cfg: Config, dist: D.DistInfo, device: torch.device, **changes) -> dict:
-    kw = dict(num_workers=cfg.data.num_workers, rank=dist.rank, world_size=dist.world_size,
-              seed=cfg.train.seed, pin_memory=device.type == "cuda", timeout=cfg.data.loader_timeout)
-    return {**kw, **changes}
-
-
-def build_loaders(cfg: Config, train_ds, val_ds, **loader_kw) -> tuple:
-    train_loader = build_loader(train_ds, batch_size=cfg.train.batch_size, train=True, labels=train_ds.labels,
-                                balance=cfg.data.balance, **loader_kw)
-    return train_loader, build_loader(val_ds, batch_size=cfg.eval.batch_size, train=False, **loader_kw)
-
-
-def build_data(cfg: Config, split, dist: D.DistInfo, device: torch.device) -> Data:
-    """Datasets, loaders and the decode-failure budget."""
-    train_ds, val_ds = build.train_dataset(cfg, split), build.eval_dataset(cfg, split.test, num_clips=cfg.train.val_clips)
-    loaders = build_loaders(cfg, train_ds, val_ds, **_loader_kwargs(cfg, dist, device))
-    failures = DecodeFailures(len(train_ds) + len(val_ds), cfg.data.max_bad_fraction)
-    return Data(list(split.classes), train_ds, val_ds, *loaders, failures)
-
-
-def use_cached_features(cfg: Config, data: Data, split, core: torch.nn.Module, dist: D.DistInfo,
-                        device: torch.device) -> None:
-    """Frozen backbone: its features are computed once, epochs train the head only."""
-    train_feats, val_feats, bad = build.feature_datasets(cfg, split, core, rank=dist.rank,
-                                                         world_size=dist.world_size, barrier=D.barrier)
-    data.failures.add(bad)
-    # In-memory tensors: worker processes would only add overhead.
-    data.train_loader, data.val_loader = build_loaders(cfg, train_feats, val_feats,
-                                                       **_loader_kwargs(cfg, dist, device, num_workers=0))
+        log.info("torch CPU threads: %d", D.set_cpu_threads(cfg.train.cpu_threads, num_workers=cfg.data.num_workers))
+    D.seed_process(cfg.train.seed, dist.rank, dist.world_size, deterministic=cfg.train.deterministic)
 
 
 def build_run(cfg: Config, args: argparse.Namespace) -> Run:
@@ -143,120 +85,78 @@ def build_run(cfg: Config, args: argparse.Namespace) -> Run:
     setup_process(cfg, dist, cnn_dev, run_dir)
     # The synthetic dataset is generated under a file lock, so ranks can race safely.
     split = build.dataset_split(cfg.data)
-    data = build_data(cfg, split, dist, cnn_dev)
+    loader_kw = dict(rank=dist.rank, world_size=dist.world_size, pin_memory=cnn_dev.type == "cuda")
+    data = build.train_data(cfg, split, **loader_kw)
     model = build.model_from(cfg, len(data.classes)).place(cnn_dev, head_dev)
     if dist.distributed:
         model = D.wrap_ddp(model, sync_bn=cfg.train.sync_bn)
-    core = ckpt_io.unwrap(model)
+    core = unwrap(model)
     if cfg.train.cache_features:
-        use_cached_features(cfg, data, split, core, dist, cnn_dev)
+        build.use_cached_features(cfg, data, split, core, barrier=D.barrier, **loader_kw)
     criterion = build.loss_from(cfg, data.train_ds.labels, len(data.classes)).to(head_dev)
     optimizer = create_optimizer(core, cfg.optim.name, **build.optimizer_kwargs(cfg))
     steps_per_epoch = min(len(data.train_loader), cfg.train.max_steps_per_epoch or len(data.train_loader))
-    updates = updates_per_epoch(steps_per_epoch, cfg.optim.accum_steps)
-    scheduler = create_scheduler(optimizer, warmup_steps=int(cfg.optim.warmup_epochs * updates),
-                                 total_steps=cfg.train.epochs * updates, min_ratio=cfg.optim.min_lr_ratio,
-                                 kind=cfg.optim.scheduler, patience=cfg.optim.plateau_patience,
-                                 factor=cfg.optim.plateau_factor)
+    scheduler = build.scheduler_from(cfg, optimizer, steps_per_epoch)
     autocast, scaler = setup_amp(cnn_dev, cfg.train.amp)
     distill = build.distiller_from(cfg, data.classes, cnn_dev, head_dev, autocast)  # None without train.distill.teacher
-    if distill is not None:
-        log.info("distilling from %s: weight %g, temperature %g", cfg.train.distill.teacher, distill.weight,
-                 distill.temperature)
     return Run(cfg, dist, run_dir, (cnn_dev, head_dev), data, model, core, criterion, optimizer, scheduler, autocast,
                scaler, distill, steps_per_epoch)
 
 
 def resume(run: Run, resume_arg: str) -> tuple[Position, str | None]:
-    """(where training continues, the W&B run id to continue).
-
-    Model, optimizer, schedule, scaler, RNG, position and W&B run id come from the checkpoint.
-    """
-    path = ckpt_io.find_resume(run.run_dir, resume_arg)
-    if path is None:
-        return Position(), None
-    ckpt = ckpt_io.load_checkpoint(path)
-    pos = Position(*ckpt_io.restore_training_state(
-        ckpt, model=run.core, optimizer=run.optimizer, scheduler=run.scheduler, scaler=run.scaler,
-        class_names=run.data.classes, source=path))
-    if run.dist.distributed:  # the checkpoint holds rank 0's RNG state; give each rank its own stream again
-        torch.manual_seed(D.rank_seed(run.cfg.train.seed, run.dist.rank, run.dist.world_size, pos.step))
-    log.info("resumed from %s: epoch %d, batch %d, step %d", path, pos.epoch + 1, pos.batches_done, pos.step)
-    return pos, ckpt["extra"].get("wandb_id")
+    """(where training continues, the W&B run id to continue): model, optimizer, schedule, scaler, RNG,
+    position and W&B run id come from the checkpoint."""
+    pos, wandb_id, path = resume_training(run.run_dir, resume_arg, model=run.core, optimizer=run.optimizer,
+                                          scheduler=run.scheduler, scaler=run.scaler, class_names=run.data.classes)
+    if path is not None:
+        if run.dist.distributed:  # the checkpoint holds rank 0's RNG state; give each rank its own stream again
+            torch.manual_seed(D.rank_seed(run.cfg.train.seed, run.dist.rank, run.dist.world_size, pos.step))
+        log.info("resumed from %s: epoch %d, batch %d, step %d", path, pos.epoch + 1, pos.batches_done, pos.step)
+    return pos, wandb_id
 
 
 def start_logging(run: Run, pos: Position, wandb_id: str | None) -> None:
     """Checkpoint saver, run logger, the resolved config on disk and the start-of-run summary."""
     cfg, dist, core, (cnn_dev, head_dev) = run.cfg, run.dist, run.core, run.devices
-    run.saver = ckpt_io.CheckpointSaver(run.run_dir, cfg.train.keep_best, metric=cfg.train.best_metric,
-                                        higher_is_better=cfg.train.best_metric != "loss")
+    saver = build.checkpoint_saver(cfg, run.run_dir)
     run.tracker = RunLogger(run.run_dir, wandb_kwargs=build.wandb_kwargs(cfg, run.run_dir, resume_id=wandb_id),
                             enabled=dist.is_main)
+    run.checkpoints = RunCheckpoints(saver, model=core, optimizer=run.optimizer, scheduler=run.scheduler,
+                                     scaler=run.scaler, config=config_to_dict(cfg), class_names=run.data.classes,
+                                     wandb_id=run.tracker.wandb_id)
     if dist.is_main:
         save_config(cfg, run.run_dir / "config.yaml")
         run.tracker.truncate(pos.epoch, pos.step)
-        for stale in run.saver.remove_stale_temp_files():
+        for stale in saver.remove_stale_temp_files():
             log.info("removed %s, left by a run killed while saving", stale.name)
-    n_params = sum(p.numel() for p in core.parameters())
-    n_train = sum(p.numel() for p in core.parameters() if p.requires_grad)
     log.info("run %s | %d train / %d val videos, %d classes | world size %d | device %s (cnn %s, head %s) | amp %s (%s)",
              run.run_dir, len(run.data.train_ds), len(run.data.val_ds), len(run.data.classes), dist.world_size,
              cnn_dev, cnn_dev, head_dev, resolve_amp(cnn_dev, cfg.train.amp), cfg.train.amp)
-    log.info("model %s + %s head: %.2fM params (%.2fM trainable) | effective batch %d | %s groups: %s",
-             cfg.model.backbone, cfg.model.temporal, n_params / 1e6, n_train / 1e6,
-             cfg.train.batch_size * dist.world_size * cfg.optim.accum_steps, cfg.optim.name,
-             ", ".join(f"{g['name']}(lr={g['lr']:.2e}, wd={g['weight_decay']})" for g in run.optimizer.param_groups))
-
-
-def save_last(run: Run, epoch: int, step: int, *, complete: bool, batches_done: int = 0,
-              metrics: dict | None = None) -> dict:
-    ckpt = ckpt_io.make_checkpoint(
-        model=run.core, optimizer=run.optimizer, scheduler=run.scheduler, scaler=run.scaler, epoch=epoch, step=step,
-        config=config_to_dict(run.cfg), class_names=run.data.classes, metrics=metrics, epoch_complete=complete,
-        extra={"batches_done": batches_done, "wandb_id": run.tracker.wandb_id})
-    run.saver.save_last(ckpt)
-    return ckpt
-
-
-def mid_epoch_saver(run: Run, epoch: int):
-    """``train_one_epoch``'s ``on_save``: the main rank writes last.pt every ``train.save_every_steps``."""
-    if not run.dist.is_main:
-        return None
-
-    def on_save(batches_done: int, step: int) -> None:
-        # No mid-epoch save after the last batch: the epoch-end save follows, and resuming into
-        # an epoch with nothing left to run would log that epoch with empty training metrics.
-        if batches_done < run.steps_per_epoch:
-            save_last(run, epoch, step, complete=False, batches_done=batches_done)
-
-    return on_save
+    params, groups = describe_parameters(core, run.optimizer)
+    log.info("model %s + %s head: %s | effective batch %d | %s groups: %s", cfg.model.backbone, cfg.model.temporal,
+             params, cfg.train.batch_size * dist.world_size * cfg.optim.accum_steps, cfg.optim.name, groups)
 
 
 def save_preempted(run: Run, stop: StopRequest, pos: Position, *, written: bool = False) -> str:
     """Write last.pt at ``pos`` (unless ``written``) once every rank stopped; returns the signal's name."""
     if run.dist.is_main and not written:
-        save_last(run, pos.epoch, pos.step, complete=False, batches_done=pos.batches_done)
+        run.checkpoints.save_last(pos, complete=False)
     D.barrier()  # every rank stopped at this step; the checkpoint is on disk before anyone exits
-    name = stop.name or "another rank's stop request"
-    log.warning("%s received: stopped after step %d (epoch %d, batch %d); checkpoint %s written; "
-                "continue with --resume auto (exit status %d)", name, pos.step, pos.epoch + 1, pos.batches_done,
-                run.run_dir / "last.pt", PREEMPTED_EXIT)
-    return name
+    return stop.report(pos, run.run_dir / "last.pt")
 
 
 def train_epoch(run: Run, pos: Position, stop: StopRequest) -> dict:
     cfg, loader = run.cfg, run.data.train_loader
+    # The main rank writes last.pt every train.save_every_steps.
+    on_save = run.checkpoints.mid_epoch(pos.epoch, run.steps_per_epoch) if run.dist.is_main else None
     set_epoch(loader, pos.epoch)
     if pos.batches_done:
         loader.sampler.set_skip(pos.batches_done * cfg.train.batch_size)
     return train_one_epoch(
         run.model, loader, run.criterion, run.optimizer, run.scheduler, epoch=pos.epoch, autocast=run.autocast,
-        scaler=run.scaler, accum_steps=cfg.optim.accum_steps, clip_grad_norm=cfg.optim.clip_grad_norm,
-        nan_policy=cfg.train.nan_policy, max_steps=cfg.train.max_steps_per_epoch, skip_batches=pos.batches_done,
-        log_every=cfg.train.log_every, show_progress=run.dist.is_main and sys.stderr.isatty(),
-        on_log=run.tracker.log_step, step=pos.step, on_save=mid_epoch_saver(run, pos.epoch),
-        save_every_steps=cfg.train.save_every_steps, on_failed=run.data.failures.record,
-        stop_requested=stop.requested, distill=run.distill)
+        scaler=run.scaler, skip_batches=pos.batches_done, show_progress=run.dist.is_main and sys.stderr.isatty(),
+        on_log=run.tracker.log_step, step=pos.step, on_save=on_save, on_failed=run.data.failures.record,
+        stop_requested=stop.requested, distill=run.distill, **build.loop_kwargs(cfg))
 
 
 def validate_epoch(run: Run, epoch: int, row: dict) -> dict:
@@ -264,8 +164,7 @@ def validate_epoch(run: Run, epoch: int, row: dict) -> dict:
     val = evaluate(run.model, run.data.val_loader, run.criterion, class_names=run.data.classes, autocast=run.autocast,
                    show_progress=run.dist.is_main and sys.stderr.isatty())
     run.data.failures.add(val["failed"])
-    row.update({f"val_{k}": val[k] for k in ("loss", "top1", "top5", "mean_class_acc")})
-    row.update({f"val/acc/{c}": a for c, a in val["per_class_acc"].items()})
+    row.update(val_columns(val))
     if run.cfg.optim.scheduler == "plateau":  # every rank sees the same gathered loss, so lrs stay equal
         run.scheduler.step_metric(val["loss"])
     return val
@@ -279,35 +178,24 @@ def record_epoch(run: Run, epoch: int, step: int, tr: dict, row: dict, val: dict
     if media and build.wandb_videos_due(cfg, epoch):
         media.update(tracker.val_videos(run.data.val_ds, val, classes, mean=cfg.data.mean, std=cfg.data.std))
     tracker.log_epoch(row, step=step, extra_wandb=media)
-    ckpt = save_last(run, epoch, step, complete=True, metrics=row)
-    if validated and run.saver.update_best(ckpt, row[best_key], epoch + 1):
+    ckpt = run.checkpoints.save_last(Position(epoch, 0, step), complete=True, metrics=row)
+    if validated and run.checkpoints.saver.update_best(ckpt, row[best_key], epoch + 1):
         plot_confusion(val["confusion"], classes, run.run_dir / "plots" / "confusion_best.png",
                        title=f"best: epoch {epoch + 1}, {cfg.train.best_metric} {row[best_key]:.3f}")
     plot_curves(tracker.history(), run.run_dir / "plots" / "curves.png")
-
-    def v(k: str) -> str:
-        return f"{row[k]:.3f}" if k in row else "-"
-
-    print(f"{epoch + 1:>5} {tr['loss']:>7.4f} {tr['acc']:>6.3f} {v('val_loss'):>8} {v('val_top1'):>6} "
-          f"{v('val_top5'):>6} {v('val_mean_class_acc'):>6} {tr['lr']:>9.2e} {tr['clips_per_s']:>7.1f} "
-          f"{tr['time_s']:>5.0f}s {row['bad_videos']:>4}", flush=True)
-    if validated:
-        print(f"{'':8}per-class: {format_per_class(val['per_class_acc'])}", flush=True)
+    print(epoch_line(row, tr, val["per_class_acc"] if validated else None), flush=True)
 
 
 def train_epochs(run: Run, pos: Position, end_epoch: int, stop: StopRequest) -> tuple[dict, str]:
     """Epochs ``pos.epoch`` .. ``end_epoch - 1``: (the last validation report, the stop signal's name or '')."""
-    cfg, failures = run.cfg, run.data.failures
-    last_val: dict = {}
+    cfg, failures, last_val = run.cfg, run.data.failures, {}
     while pos.epoch < end_epoch:
         epoch, tr = pos.epoch, train_epoch(run, pos, stop)
         pos = Position(epoch + 1, 0, tr["step"])
         if tr["preempted"] and tr["batches_done"] < run.steps_per_epoch:
             return last_val, save_preempted(run, stop, Position(epoch, tr["batches_done"], tr["step"]))
         failures.add(tr["failed"])
-        row = {"epoch": epoch + 1, "step": tr["step"], "train_loss": tr["loss"], "train_acc": tr["acc"], "lr": tr["lr"],
-               "clips_per_s": tr["clips_per_s"], "data_wait_frac": tr["data_wait_frac"], "time_s": tr["time_s"],
-               "skipped_nonfinite": tr["skipped_nonfinite"]}
+        row = epoch_row(epoch, tr)
         if (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs:
             last_val = validate_epoch(run, epoch, row)
         row["bad_videos"] = len(failures.reasons)
@@ -322,7 +210,7 @@ def train_epochs(run: Run, pos: Position, end_epoch: int, stop: StopRequest) -> 
 
 def finish(run: Run) -> None:
     """Main rank: the best result, skipped videos and the best model as a W&B artifact; then teardown."""
-    cfg, saver, failures = run.cfg, run.saver, run.data.failures
+    cfg, saver, failures = run.cfg, run.checkpoints.saver, run.data.failures
     if run.dist.is_main:
         best = saver.best[0] if saver.best else None
         log.info("done: best val %s %s | checkpoints in %s", cfg.train.best_metric,
@@ -345,12 +233,12 @@ def main(args: argparse.Namespace, stop: StopRequest | None = None) -> dict:
     pos, wandb_id = resume(run, args.resume)
     start_logging(run, pos, wandb_id)
     if run.dist.is_main:
-        print(HEADER, flush=True)
+        print(EPOCH_HEADER, flush=True)
     end_epoch = min(cfg.train.epochs, pos.epoch + args.stop_after) if args.stop_after else cfg.train.epochs
     last_val, preempted = train_epochs(run, pos, end_epoch, stop)
     finish(run)
     return {"run_dir": str(run.run_dir), "last_val": {k: last_val.get(k) for k in ("top1", "top5", "mean_class_acc", "loss")},
-            "best": run.saver.best, "preempted": preempted}
+            "best": run.checkpoints.saver.best, "preempted": preempted}
 
 
 if __name__ == "__main__":

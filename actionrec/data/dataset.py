@@ -13,29 +13,17 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from actionrec.data.sampling import eval_clip_indices, train_clip_indices
+from actionrec.data.sampling import ClipSampling
 from actionrec.data.video_io import VideoDecodeError, VideoReader
 from actionrec.errors import UserError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ClipSampling:
-    """How clips are drawn from a video."""
-
-    clip_len: int = 16
-    mode: str = "segment"  # segment | dense
-    frame_interval: int = 1
-    short_video: str = "loop"  # loop | repeat_last
-    num_clips: int = 1  # eval only: evenly spaced clips per video
 
 
 class VideoClipDataset(Dataset):
@@ -102,14 +90,8 @@ class VideoClipDataset(Dataset):
         self._epoch.fill_(epoch)
 
     def clip_indices(self, num_frames: int, rng: np.random.Generator) -> np.ndarray:
-        s = self.sampling
-        if self.train:
-            return train_clip_indices(
-                num_frames, s.clip_len, mode=s.mode, rng=rng, frame_interval=s.frame_interval, short_video=s.short_video
-            )[None]
-        return eval_clip_indices(
-            num_frames, s.clip_len, s.num_clips, mode=s.mode, frame_interval=s.frame_interval, short_video=s.short_video
-        )
+        """(num_clips, clip_len) frame indices: one random clip in training."""
+        return self.sampling.train_indices(num_frames, rng)[None] if self.train else self.sampling.eval_indices(num_frames)
 
     def load(self, index: int, rng: np.random.Generator) -> torch.Tensor:
         """Decode and transform the clip(s) of one video; raises VideoDecodeError."""

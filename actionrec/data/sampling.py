@@ -4,9 +4,15 @@ Train: TSN-style segment sampling (one random frame from each of ``clip_len`` eq
 a clip always spans the whole video) or dense clips (``clip_len`` frames ``frame_interval`` apart,
 starting at a random offset). Test: ``num_clips`` evenly spaced clips, deterministic.
 Videos with fewer frames than a clip needs are padded by looping or by repeating the last frame.
+
+``ClipSampling`` holds the parameters and computes a video's indices (as MMAction2's ``SampleFrames``);
+numpy only, so ``actionrec.config`` takes it as the ``data`` section's sampling without importing torch.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -132,3 +138,25 @@ def train_clip_indices(
     if mode == "dense":
         return dense_indices(num_frames, clip_len, frame_interval=frame_interval, rng=rng, short_video=short_video)
     raise ValueError(f"mode must be 'segment' or 'dense', got {mode!r}")
+
+
+@dataclass(frozen=True)
+class ClipSampling:
+    """How clips are drawn from a video; also the config's sampling keys (``data.clip_len``,
+    ``data.train_sampling``, ``data.frame_interval``, ``data.short_video``: see ``config.DataConfig``)."""
+
+    clip_len: int = 16
+    mode: Literal["segment", "dense"] = "segment"
+    frame_interval: int = 1  # stride between frames of a dense clip
+    short_video: Literal["loop", "repeat_last"] = "loop"
+    num_clips: int = 1  # eval only: evenly spaced clips per video
+
+    def train_indices(self, num_frames: int, rng: np.random.Generator) -> np.ndarray:
+        """One random clip: int64 array (clip_len,)."""
+        return train_clip_indices(num_frames, self.clip_len, mode=self.mode, rng=rng, frame_interval=self.frame_interval,
+                                  short_video=self.short_video)
+
+    def eval_indices(self, num_frames: int) -> np.ndarray:
+        """``num_clips`` deterministic clips: int64 array (num_clips, clip_len)."""
+        return eval_clip_indices(num_frames, self.clip_len, self.num_clips, mode=self.mode,
+                                 frame_interval=self.frame_interval, short_video=self.short_video)

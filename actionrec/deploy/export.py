@@ -30,29 +30,23 @@ import torch.nn as nn
 from actionrec.models.cnn_lstm import CNNLSTM
 
 
-class _Backbone(nn.Module):
-    def __init__(self, model: CNNLSTM):
+class _Stage(nn.Module):
+    """One stage of the model as a module of its own: ``method`` ('frame_features' or 'forward_head') is its forward."""
+
+    def __init__(self, model: CNNLSTM, method: str):
         super().__init__()
-        self.model = model
+        self.model, self.method = model, method
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.model.frame_features(frames)
-
-
-class _Head(nn.Module):
-    def __init__(self, model: CNNLSTM):
-        super().__init__()
-        self.model = model
-
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(feats)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self.model, self.method)(x)
 
 
 def onnx_parts(model: CNNLSTM) -> dict[str, nn.Module]:
     """The three exportable modules, in eval mode: 'clip', 'backbone' and 'head'."""
     # eval() on each wrapper: torch.onnx.export restores the wrapper's own mode afterwards, and a
     # wrapper left in train mode would switch the shared model's dropout back on.
-    return {"clip": model.eval(), "backbone": _Backbone(model).eval(), "head": _Head(model).eval()}
+    return {"clip": model.eval(), "backbone": _Stage(model, "frame_features").eval(),
+            "head": _Stage(model, "forward_head").eval()}
 
 
 def example_inputs(model: CNNLSTM, *, clip_len: int, crop_size: int, batch: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -122,15 +122,14 @@ def _load_checkpoint(path: Path, device: str, threads: int, int8: bool = False) 
 
     backend = TorchBackend(model, lambda rgb, _tf=build.eval_transforms_from(cfg.data)[0]: _tf.frame(rgb).numpy())
     backend_name, seek = reader_settings(cfg.data)
-    spec = DecodeSpec(kind="checkpoint", clip_len=cfg.data.clip_len, config=cfg, backend=backend_name, seek=seek)
+    spec = DecodeSpec(kind="checkpoint", clip_len=cfg.data.sampling.clip_len, config=cfg, backend=backend_name, seek=seek)
     defaults = {"stride": cfg.demo.stride, "smooth": cfg.demo.smooth, "topk": cfg.demo.topk,
                 "frame_step": cfg.demo.frame_step, "num_clips": cfg.eval.num_clips, "num_crops": cfg.eval.num_crops}
     info = {"backbone": cfg.model.backbone, "runtime": f"torch {torch.__version__} on {dev}{', int8 head' if int8 else ''}",
             "preprocess": build.transform_kwargs(cfg.data),
-            "sampling": {"mode": cfg.data.train_sampling, "frame_interval": cfg.data.frame_interval,
-                         "short_video": cfg.data.short_video},
+            "sampling": build.sampling_spec(cfg.data),
             "temporal": cfg.model.temporal, "pooling": cfg.model.pooling, "feature_grid": cfg.model.feature_grid}
-    return ServedModel("checkpoint", str(path), backend, classes, cfg.data.clip_len, spec, defaults, info)
+    return ServedModel("checkpoint", str(path), backend, classes, cfg.data.sampling.clip_len, spec, defaults, info)
 
 
 def top_entries(probs: np.ndarray, names: list[str], k: int) -> list[dict]:

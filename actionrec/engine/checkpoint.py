@@ -1,4 +1,4 @@
-"""Checkpoint format, atomic writes, last + best-k bookkeeping, safe loading.
+"""Checkpoint format, atomic writes, last + best-k bookkeeping, safe loading, resuming (``Position``).
 
 A checkpoint is a plain dict of tensors and Python primitives, so it loads with
 ``torch.load(weights_only=True)``: a crafted pickle that would run code is refused.
@@ -18,8 +18,9 @@ import random
 import re
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -388,3 +389,70 @@ def restore_training_state(
     if ckpt.get("epoch_complete", True):
         return ckpt["epoch"] + 1, 0, ckpt["step"]
     return ckpt["epoch"], int(ckpt["extra"].get("batches_done", 0)), ckpt["step"]
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where training continues: the 0-based epoch, its batches already done, the global optimizer step."""
+
+    epoch: int = 0
+    batches_done: int = 0
+    step: int = 0
+
+
+def resume_training(run_dir: str | Path, resume: str, **state) -> tuple[Position, str | None, Path | None]:
+    """``--resume``: the run's state restored from the checkpoint ``find_resume`` picks.
+
+    Args:
+        run_dir: the run folder, where 'auto' looks for last.pt.
+        resume: '', 'auto' or a checkpoint path.
+        **state: ``restore_training_state``'s keywords (model, optimizer, scheduler, scaler, class_names).
+
+    Returns:
+        (where training continues, the W&B run id stored with it, the checkpoint read);
+        ``(Position(), None, None)`` when there is nothing to resume.
+    """
+    path = find_resume(run_dir, resume)
+    if path is None:
+        return Position(), None, None
+    ckpt = load_checkpoint(path)
+    pos = Position(*restore_training_state(ckpt, source=path, **state))
+    return pos, ckpt["extra"].get("wandb_id"), path
+
+
+class RunCheckpoints:
+    """A training run's last.pt (and best-k through ``saver``): the live training state at a ``Position``.
+
+    Args:
+        saver: the run folder's ``CheckpointSaver``.
+        model: the plain (unwrapped) model.
+        optimizer, scheduler, scaler: their state goes into every checkpoint.
+        config: the resolved config as a plain dict.
+        class_names: the dataset's classes in label order.
+        wandb_id: the W&B run a resumed run continues (None without W&B).
+    """
+
+    def __init__(self, saver: CheckpointSaver, *, model: nn.Module, optimizer, scheduler, scaler, config: dict,
+                 class_names: list[str], wandb_id: str | None = None):
+        self.saver = saver
+        self.state = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, config=config,
+                          class_names=class_names)
+        self.wandb_id = wandb_id
+
+    def save_last(self, pos: Position, *, complete: bool, metrics: dict | None = None) -> dict:
+        """Write last.pt at ``pos``; ``complete``: epoch ``pos.epoch`` is done and resuming starts the next."""
+        ckpt = make_checkpoint(**self.state, epoch=pos.epoch, step=pos.step, metrics=metrics, epoch_complete=complete,
+                               extra={"batches_done": pos.batches_done, "wandb_id": self.wandb_id})
+        self.saver.save_last(ckpt)
+        return ckpt
+
+    def mid_epoch(self, epoch: int, batches_per_epoch: int) -> Callable[[int, int], None]:
+        """``train_one_epoch``'s ``on_save`` for ``epoch``: last.pt after any batch but the epoch's last."""
+
+        def on_save(batches_done: int, step: int) -> None:
+            # No mid-epoch save after the last batch: the epoch-end save follows, and resuming into
+            # an epoch with nothing left to run would log that epoch with empty training metrics.
+            if batches_done < batches_per_epoch:
+                self.save_last(Position(epoch, batches_done, step), complete=False)
+
+        return on_save

@@ -125,6 +125,27 @@ def rank_seed(seed: int, rank: int, world_size: int, step: int = 0) -> int:
     return seed + rank + world_size * step
 
 
+def seed_process(seed: int, rank: int, world_size: int, *, deterministic: bool = False) -> None:
+    """Seed this rank's global RNG (``rank_seed`` at step 0).
+
+    ``deterministic``: deterministic algorithms (warnings where there is none) and no cuDNN autotuning.
+    """
+    torch.manual_seed(rank_seed(seed, rank, world_size))
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def set_cpu_threads(requested: int, *, num_workers: int) -> int:
+    """Set torch's CPU threads by ``threads.cpu_threads``, the ranks on this node (``LOCAL_WORLD_SIZE``)
+    sharing the cores; returns the count."""
+    from actionrec.engine.threads import cpu_threads
+
+    torch.set_num_threads(cpu_threads(requested, num_workers=num_workers,
+                                      procs_per_node=int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    return torch.get_num_threads()
+
+
 def available_devices() -> list[str]:
     return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from actionrec.engine.distributed import all_reduce_sum, gather_objects
 from actionrec.engine.metrics import classification_report, pool_views
-from actionrec.engine.threads import cpu_threads  # noqa: F401  (moved; tools/train.py imports it from here)
+from actionrec.engine.threads import cpu_threads  # noqa: F401  (moved; tools/benchmark.py imports it from here)
 from actionrec.errors import UserError
 
 log = logging.getLogger(__name__)

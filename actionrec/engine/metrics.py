@@ -1,4 +1,5 @@
-"""Classification metrics over per-video scores: top-k, mean class accuracy, confusion matrix, mistakes."""
+"""Classification metrics over per-video scores: top-k, mean class accuracy, confusion matrix, mistakes;
+the training history row and console table of an epoch."""
 
 from __future__ import annotations
 
@@ -95,3 +96,33 @@ def confident_mistakes(scores: np.ndarray, labels: np.ndarray, num: int) -> list
     wrong = np.flatnonzero(preds != np.asarray(labels))
     order = wrong[np.argsort(-conf[wrong], kind="stable")][:num]
     return [(int(r), int(preds[r]), float(conf[r])) for r in order]
+
+
+EPOCH_HEADER = (f"{'epoch':>5} {'loss':>7} {'acc':>6} {'val_loss':>8} {'top1':>6} {'top5':>6} {'mca':>6} {'lr':>9} "
+                f"{'clips/s':>7} {'time':>6} {'bad':>4}")
+
+
+def epoch_row(epoch: int, tr: dict) -> dict:
+    """The history row of 0-based ``epoch`` from ``train_one_epoch``'s result ``tr`` (validation adds val_*)."""
+    return {"epoch": epoch + 1, "step": tr["step"], "train_loss": tr["loss"], "train_acc": tr["acc"], "lr": tr["lr"],
+            "clips_per_s": tr["clips_per_s"], "data_wait_frac": tr["data_wait_frac"], "time_s": tr["time_s"],
+            "skipped_nonfinite": tr["skipped_nonfinite"]}
+
+
+def val_columns(val: dict) -> dict:
+    """The history row's validation part from ``evaluate``'s report: val_* and val/acc/<class>."""
+    return {**{f"val_{k}": val[k] for k in ("loss", "top1", "top5", "mean_class_acc")},
+            **{f"val/acc/{c}": a for c, a in val["per_class_acc"].items()}}
+
+
+def epoch_line(row: dict, tr: dict, per_class: dict | None = None) -> str:
+    """``row`` as a line of the ``EPOCH_HEADER`` table ('-' for the validation columns of an epoch without),
+    and under it the ``per_class`` accuracies when given."""
+
+    def v(k: str) -> str:
+        return f"{row[k]:.3f}" if k in row else "-"
+
+    return (f"{row['epoch']:>5} {tr['loss']:>7.4f} {tr['acc']:>6.3f} {v('val_loss'):>8} {v('val_top1'):>6} "
+            f"{v('val_top5'):>6} {v('val_mean_class_acc'):>6} {tr['lr']:>9.2e} {tr['clips_per_s']:>7.1f} "
+            f"{tr['time_s']:>5.0f}s {row['bad_videos']:>4}"
+            + (f"\n{'':8}per-class: {format_per_class(per_class)}" if per_class is not None else ""))

@@ -152,3 +152,12 @@ def create_scheduler(
         optimizer,
         lambda step: warmup_cosine_factor(step, warmup_steps=warmup_steps, total_steps=total_steps, min_ratio=min_ratio),
     )
+
+
+
+def describe_parameters(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[str, str]:
+    """For the start-of-run log: ('11.20M params (0.30M trainable)', 'backbone(lr=1.00e-04, wd=0.05), ...')."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    groups = ", ".join(f"{g['name']}(lr={g['lr']:.2e}, wd={g['weight_decay']})" for g in optimizer.param_groups)
+    return f"{total / 1e6:.2f}M params ({trainable / 1e6:.2f}M trainable)", groups

@@ -8,11 +8,13 @@ continues from that batch.
 
 from __future__ import annotations
 
+import logging
 import signal
 
 # EX_TEMPFAIL from sysexits.h, "temporary failure, try again": tools/slurm_train.sh requeues on it.
 PREEMPTED_EXIT = 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+log = logging.getLogger(__name__)
 
 
 class StopRequest:
@@ -45,3 +47,15 @@ class StopRequest:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+    def report(self, pos, checkpoint) -> str:
+        """Log where training stopped (``pos``: a ``checkpoint.Position``) and how to continue.
+
+        Returns:
+            The signal's name, or "another rank's stop request" where this rank received none.
+        """
+        name = self.name or "another rank's stop request"
+        log.warning("%s received: stopped after step %d (epoch %d, batch %d); checkpoint %s written; "
+                    "continue with --resume auto (exit status %d)", name, pos.step, pos.epoch + 1, pos.batches_done,
+                    checkpoint, PREEMPTED_EXIT)
+        return name

@@ -256,6 +256,24 @@ class RunLogger:
                 log.info("W&B offline run saved; upload it with: wandb sync %s", run_dir)
 
 
+def log_pictures_run(run_dir: str | Path, wandb_kwargs: dict | None, *, job_type: str, notes: str,
+                     pictures: dict[str, tuple[str | Path, str]], metrics: dict | None = None) -> None:
+    """A W&B run of its own for a tool's pictures (eval, explain), named ``<name>-<job_type>``.
+
+    Args:
+        run_dir: where the run's W&B files go.
+        wandb_kwargs: ``wandb.init``'s arguments (``build.wandb_kwargs``); None: W&B is off, nothing happens.
+        job_type, notes: the run's W&B job type and notes.
+        pictures, metrics: as ``RunLogger.log_pictures``.
+    """
+    if wandb_kwargs is None:
+        return
+    kwargs = dict(wandb_kwargs, job_type=job_type, name=f"{wandb_kwargs['name']}-{job_type}", notes=notes)
+    tracker = RunLogger(run_dir, wandb_kwargs=kwargs)
+    tracker.log_pictures(pictures, metrics=metrics)
+    tracker.finish()
+
+
 def clip_to_uint8(clip: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """Undo the eval transform's normalisation: (T, C, H, W) float -> (T, H, W, C) uint8 RGB."""
     m = torch.as_tensor(mean, dtype=clip.dtype).view(1, -1, 1, 1)

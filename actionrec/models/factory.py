@@ -7,54 +7,30 @@ import torch.nn as nn
 from actionrec.models.cnn_lstm import CNNLSTM, create_backbone
 from actionrec.models.heads import DROPOUT
 
+# The temporal head's keywords and the defaults create_model gives every head (the transformer and
+# frame-average heads read the ones they use; see ``CNNLSTM``).
+HEAD_DEFAULTS = dict(hidden_size=512, num_layers=2, bidirectional=True, lstm_dropout=0.2, pooling="attention",
+                     dropout=DROPOUT)
 
-def _cnn_lstm(
-    *,
-    num_classes: int,
-    backbone: str = "resnet18",
-    pretrained: str = "",
-    pretrained_format: str = "auto",
-    temporal: str = "lstm",
-    hidden_size: int = 512,
-    num_layers: int = 2,
-    bidirectional: bool = True,
-    lstm_dropout: float = 0.2,
-    pooling: str = "attention",
-    feature_grid: int = 1,
-    dropout: float = DROPOUT,
-    freeze_backbone: bool = False,
-    freeze_stages: int = 0,
-    grad_checkpointing: bool = False,
-    channels_last: bool = False,
-    motion: str = "none",
-    motion_map: int = 10,
-) -> CNNLSTM:
+
+def _cnn_lstm(*, num_classes: int, backbone: str = "resnet18", pretrained: str = "", pretrained_format: str = "auto",
+              **kwargs) -> CNNLSTM:
+    """A timm ``backbone`` and a temporal head; ``kwargs``: the head's (``HEAD_DEFAULTS``) and ``CNNLSTM``'s keywords."""
+    head_kwargs = {k: kwargs.pop(k, default) for k, default in HEAD_DEFAULTS.items()}
     cnn = create_backbone(backbone, pretrained=pretrained, pretrained_format=pretrained_format)
-    head_kwargs = dict(
-        hidden_size=hidden_size,
-        num_layers=num_layers,
-        bidirectional=bidirectional,
-        lstm_dropout=lstm_dropout,
-        pooling=pooling,
-        dropout=dropout,
-    )
-    return CNNLSTM(
-        cnn,
-        num_classes,
-        temporal=temporal,
-        feature_grid=feature_grid,
-        head_kwargs=head_kwargs,
-        freeze_backbone=freeze_backbone,
-        freeze_stages=freeze_stages,
-        grad_checkpointing=grad_checkpointing,
-        channels_last=channels_last,
-        motion=motion,
-        motion_map=motion_map,
-    )
+    return CNNLSTM(cnn, num_classes, head_kwargs=head_kwargs, **kwargs)
 
 
 def create_model(family: str = "cnn_lstm", **kwargs) -> nn.Module:
-    """Build a model of ``family`` (only 'cnn_lstm' so far) with explicit keyword arguments."""
+    """Build a model of ``family`` (only 'cnn_lstm' so far) with explicit keyword arguments.
+
+    Args:
+        family: the model family.
+        **kwargs: ``num_classes``; the backbone's ``backbone``, ``pretrained``, ``pretrained_format``
+            (``cnn_lstm.create_backbone``); the head's ``HEAD_DEFAULTS`` keys; the rest go to ``CNNLSTM``
+            (temporal, feature_grid, freeze_backbone, freeze_stages, grad_checkpointing, channels_last,
+            motion, motion_map).
+    """
     if family != "cnn_lstm":
         raise ValueError(f"unknown model family {family!r}; choose from ['cnn_lstm']")
     return _cnn_lstm(**kwargs)

@@ -46,7 +46,33 @@ class AdditiveAttention(nn.Module):
         return torch.einsum("bt,btd->bd", weights, h), weights
 
 
-class LSTMHead(nn.Module):
+def check_pooling(pooling: str) -> None:
+    if pooling not in ("last", "mean", "attention"):
+        raise ValueError(f"pooling must be last, mean or attention, got {pooling!r}")
+
+
+class _PooledHead(nn.Module):
+    """The end the LSTM and transformer heads share: pool (B, T, D) over valid steps, dropout, linear."""
+
+    def _build_classifier(self, dim: int, num_classes: int, pooling: str, dropout: float) -> None:
+        self.pooling = pooling
+        self.attention = AdditiveAttention(dim) if pooling == "attention" else None
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(dim, num_classes)
+        self.out_dim = dim
+
+    def classify(self, x: torch.Tensor, mask: torch.Tensor, last: torch.Tensor | None) -> torch.Tensor:
+        """(B, T, D) steps, (B, T) valid mask, the (B, D) 'last' pooling (None for the others) -> logits."""
+        if self.pooling == "last":
+            pooled = last
+        elif self.pooling == "mean":
+            pooled = masked_mean(x, mask)
+        else:
+            pooled, _ = self.attention(x, mask)
+        return self.fc(self.dropout(pooled))
+
+
+class LSTMHead(_PooledHead):
     """(B, T, D) features -> (B, num_classes) logits through a stacked (bi)LSTM."""
 
     def __init__(
@@ -62,9 +88,7 @@ class LSTMHead(nn.Module):
         dropout: float = DROPOUT,
     ):
         super().__init__()
-        if pooling not in ("last", "mean", "attention"):
-            raise ValueError(f"pooling must be last, mean or attention, got {pooling!r}")
-        self.pooling = pooling
+        check_pooling(pooling)
         self.lstm = nn.LSTM(
             in_dim,
             hidden_size,
@@ -73,11 +97,7 @@ class LSTMHead(nn.Module):
             bidirectional=bidirectional,
             dropout=lstm_dropout if num_layers > 1 else 0.0,
         )
-        out_dim = hidden_size * (2 if bidirectional else 1)
-        self.attention = AdditiveAttention(out_dim) if pooling == "attention" else None
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(out_dim, num_classes)
-        self.out_dim = out_dim
+        self._build_classifier(hidden_size * (2 if bidirectional else 1), num_classes, pooling, dropout)
         self.reset_lstm_parameters()
 
     def reset_lstm_parameters(self) -> None:
@@ -104,16 +124,13 @@ class LSTMHead(nn.Module):
             out, _ = pad_packed_sequence(out, batch_first=True, total_length=t)  # (B, T, H*dirs)
         else:
             out, (h_n, _) = self.lstm(feats)
+        last = None
         if self.pooling == "last":
             # h_n: (layers*dirs, B, H); the top layer's forward state saw the whole sequence left
             # to right, its backward state right to left.
             dirs = 2 if self.lstm.bidirectional else 1
-            pooled = torch.cat([h_n[-dirs + i] for i in range(dirs)], dim=1)
-        elif self.pooling == "mean":
-            pooled = masked_mean(out, mask)
-        else:
-            pooled, _ = self.attention(out, mask)
-        return self.fc(self.dropout(pooled))
+            last = torch.cat([h_n[-dirs + i] for i in range(dirs)], dim=1)
+        return self.classify(out, mask, last)
 
 
 class MeanHead(nn.Module):
@@ -132,7 +149,7 @@ class MeanHead(nn.Module):
 
 
 
-class TransformerHead(nn.Module):
+class TransformerHead(_PooledHead):
     """(B, T, D) features -> logits through a pre-norm transformer encoder over time.
 
     Input projection to ``hidden_size`` with LayerNorm, learned position embeddings (up to
@@ -155,20 +172,16 @@ class TransformerHead(nn.Module):
         max_len: int = 128,
     ):
         super().__init__()
-        if pooling not in ("last", "mean", "attention"):
-            raise ValueError(f"pooling must be last, mean or attention, got {pooling!r}")
+        check_pooling(pooling)
         if hidden_size % num_heads:
             raise ValueError(f"transformer hidden_size={hidden_size} must be a multiple of {num_heads} heads")
-        self.pooling, self.max_len = pooling, max_len
+        self.max_len = max_len
         self.proj = nn.Sequential(nn.Linear(in_dim, hidden_size), nn.LayerNorm(hidden_size))
         self.pos = nn.Parameter(torch.zeros(1, max_len, hidden_size))
         nn.init.trunc_normal_(self.pos, std=0.02)
         self.layers = nn.ModuleList(_EncoderLayer(hidden_size, num_heads, attn_dropout) for _ in range(num_layers))
         self.norm = nn.LayerNorm(hidden_size)
-        self.attention = AdditiveAttention(hidden_size) if pooling == "attention" else None
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(hidden_size, num_classes)
-        self.out_dim = hidden_size
+        self._build_classifier(hidden_size, num_classes, pooling, dropout)
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         b, t, _ = feats.shape
@@ -180,14 +193,10 @@ class TransformerHead(nn.Module):
         for layer in self.layers:
             x = layer(x, attn_mask)
         x = self.norm(x)
+        last = None
         if self.pooling == "last":
-            last = (mask.long().sum(1) - 1).clamp_min(0)
-            pooled = x[torch.arange(b, device=x.device), last]
-        elif self.pooling == "mean":
-            pooled = masked_mean(x, mask)
-        else:
-            pooled, _ = self.attention(x, mask)
-        return self.fc(self.dropout(pooled))
+            last = x[torch.arange(b, device=x.device), (mask.long().sum(1) - 1).clamp_min(0)]
+        return self.classify(x, mask, last)
 
 
 class _EncoderLayer(nn.Module):

@@ -233,10 +233,8 @@ def test_grid_features_of_a_conv_head_backbone_run_its_head_per_cell():
 
 
 def test_dropout_default_is_written_once_for_the_models_and_pinned_in_the_config():
-    import inspect
-
     from actionrec.config import ModelConfig
     from actionrec.models import factory, heads
 
     assert ModelConfig().dropout == heads.DROPOUT  # config.py stays torch-free, so it cannot import it
-    assert inspect.signature(factory._cnn_lstm).parameters["dropout"].default is heads.DROPOUT
+    assert factory.HEAD_DEFAULTS["dropout"] is heads.DROPOUT

@@ -38,7 +38,7 @@ def test_fp16_checkpoint_runs_in_demo_and_export_loader_on_cpu(fp16_ckpt, tmp_pa
     cfg, model, classes = build.model_from_checkpoint(fp16_ckpt)  # what tools/export.py and tools/demo.py load
     assert cfg.train.amp == "fp16" and len(classes) == 8
     assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in model.parameters())
-    assert model(torch.randn(1, cfg.data.clip_len, 3, 32, 32)).shape == (1, 8)
+    assert model(torch.randn(1, cfg.data.sampling.clip_len, 3, 32, 32)).shape == (1, 8)
     demo = load_tool("demo")
     video = write_test_video(tmp_path / "grow.mp4", num_frames=8)
     res = demo.cli([str(video), "--checkpoint", str(fp16_ckpt), "--no-show", "--device", "cpu", "--max-frames", "4"])

@@ -40,7 +40,7 @@ def test_pruned_model_has_about_half_the_flops_and_narrower_convs(pruned):
     _, before, _ = build.model_from_checkpoint(src)
     cfg, after, _ = build.model_from_checkpoint(out / "pruned.pt")
     # Counted again on the reloaded model, independent of the tool's own figures.
-    x = torch.randn(1, cfg.data.clip_len, 3, cfg.data.crop_size, cfg.data.crop_size)
+    x = torch.randn(1, cfg.data.sampling.clip_len, 3, cfg.data.crop_size, cfg.data.crop_size)
     assert pruning.count_macs(after, x)[0] == pytest.approx(report["after_fine_tune"]["macs"])
     assert pruning.count_macs(after, x)[0] <= 0.5 * pruning.count_macs(before, x)[0]
     narrower = [n for n, (i, o) in _convs(after).items() if o < _convs(before)[n][1]]

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from actionrec import build
 from actionrec.data.loader import BalancedDistributedSampler, build_loader
 from actionrec.engine.checkpoint import load_checkpoint
 from tests.helpers import REPO, tiny_overrides
@@ -86,7 +87,7 @@ def test_balanced_sampling_plateau_schedule_and_best_by_loss(tiny_dataset, tmp_p
             samplers.append(loader.sampler)
         return loader
 
-    monkeypatch.setattr(train_tool, "build_loader", recording_build_loader)
+    monkeypatch.setattr(build, "build_loader", recording_build_loader)  # the train loaders are built there
     out = train_tool.main(train_tool.parse_args([
         *tiny_overrides(tiny_dataset, tmp_path), "train.name=balanced", "train.epochs=3", "train.max_steps_per_epoch=2",
         "data.balance=inverse", "optim.scheduler=plateau", "optim.warmup_epochs=0", "optim.plateau_patience=0",
