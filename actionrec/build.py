@@ -19,6 +19,7 @@ from actionrec.data.loader import build_loader
 from actionrec.data.splits import DatasetSplit, load_split
 from actionrec.data.synthetic import ensure_synthetic_dataset
 from actionrec.data.transforms import eval_transform, train_transform
+from actionrec.errors import UsageError
 from actionrec.models.factory import create_model
 from actionrec.models.losses import create_loss, inverse_frequency_alpha
 
@@ -47,8 +48,6 @@ def checkpoint_split(data: DataConfig, classes: list[str], checkpoint: str | Pat
     Raises:
         UsageError: the dataset has other classes than the ones ``checkpoint`` was trained on.
     """
-    from actionrec.errors import UsageError
-
     split = dataset_split(data)
     if list(split.classes) != list(classes):
         raise UsageError(f"{checkpoint}: trained on classes {list(classes)}, but the dataset has {list(split.classes)}")
