@@ -62,10 +62,10 @@ def runs(tmp_path_factory, train_tool):
 def test_recipe_learns_temporal_order_on_real_footage(runs):
     rec = runs["recipe"]
     assert rec["num_videos"] == 96  # balanced: 8 classes x 12
-    assert rec["mean_class_acc"] >= 0.55, rec["per_class_acc"]
+    assert rec["mean_class_acc"] >= 0.65, rec["per_class_acc"]
     # Camera motion (pans and zooms) is what the motion features read best.
     for pair in (("PanLeft", "PanRight"), ("ZoomIn", "ZoomOut")):
-        assert pair_accuracy(rec, pair) >= 0.70, (pair, rec["per_class_acc"])
+        assert pair_accuracy(rec, pair) >= 0.80, (pair, rec["per_class_acc"])
 
 
 def test_frame_averaging_stays_near_chance_within_pairs(runs):
