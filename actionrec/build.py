@@ -15,6 +15,7 @@ from typing import Any
 
 from actionrec.config import Config, DataConfig, ModelConfig
 from actionrec.data.dataset import DecodeFailures, VideoClipDataset, class_counts
+from actionrec.data.reversal import TimeReversal, reverse_pairs_to_indices
 from actionrec.data.loader import build_loader
 from actionrec.data.splits import DatasetSplit, load_split
 from actionrec.data.synthetic import ensure_synthetic_dataset
@@ -80,7 +81,21 @@ def sampling_spec(data: DataConfig) -> dict:
     return {"mode": s.mode, "frame_interval": s.frame_interval, "short_video": s.short_video}
 
 
-def train_dataset(cfg: Config, split: DatasetSplit) -> VideoClipDataset:
+def reversal_from(cfg: Config, classes) -> TimeReversal | None:
+    """``data.reverse_pairs`` as a ``TimeReversal`` (None without pairs).
+
+    Raises:
+        ConfigError: a named class is not one of ``classes``.
+    """
+    if not cfg.data.reverse_pairs:
+        return None
+    return TimeReversal(reverse_pairs_to_indices(cfg.data.reverse_pairs, list(classes)), cfg.data.reverse_prob,
+                        seed=cfg.train.seed)
+
+
+def train_dataset(cfg: Config, split: DatasetSplit, *, reverse: bool = True) -> VideoClipDataset:
+    """The training clips; ``reverse=False`` leaves out ``data.reverse_pairs`` (the feature cache's
+    views, which reverse at read time)."""
     return VideoClipDataset(
         split.train,
         sampling=cfg.data.sampling,
@@ -89,6 +104,7 @@ def train_dataset(cfg: Config, split: DatasetSplit) -> VideoClipDataset:
         backend=cfg.data.backend,
         seek=cfg.data.seek,
         seed=cfg.train.seed,
+        reversal=reversal_from(cfg, split.classes) if reverse else None,
     )
 
 
@@ -196,10 +212,15 @@ def distiller_from(cfg: Config, class_names: list[str], cnn_device, head_device,
                      autocast=autocast)
 
 
-def loss_from(cfg: Config, train_labels: list[int], num_classes: int):
+def loss_from(cfg: Config, train_labels: list[int], classes: list[str]):
+    """The loss of ``loss``; ``alpha=auto`` weighs the classes by the inverse of how many training
+    clips each gets per epoch (``data.reverse_pairs`` moves some to their twin)."""
+    num_classes = len(classes)
     alpha = cfg.loss.alpha
     if alpha == "auto":
-        alpha = inverse_frequency_alpha(class_counts(train_labels, num_classes))
+        counts = class_counts(train_labels, num_classes)
+        reversal = reversal_from(cfg, classes)
+        alpha = inverse_frequency_alpha(reversal.expected_counts(counts) if reversal else counts)
     elif isinstance(alpha, list) and len(alpha) != num_classes:
         raise ValueError(f"loss.alpha has {len(alpha)} weights but the dataset has {num_classes} classes")
     return create_loss(cfg.loss.name, gamma=cfg.loss.gamma, alpha=alpha, label_smoothing=cfg.loss.label_smoothing)
@@ -297,7 +318,8 @@ def feature_datasets(cfg: Config, split: DatasetSplit, model, *, rank: int = 0, 
     root = Path(cfg.data.cache_dir).expanduser() / "features"
     kw = dict(batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers, autocast=autocast)
     views = cfg.train.cache_views
-    jobs = [(train_dataset(cfg, split) if views > 1 else eval_dataset(cfg, split.train, num_clips=1), views, True),
+    jobs = [(train_dataset(cfg, split, reverse=False) if views > 1 else eval_dataset(cfg, split.train, num_clips=1),
+             views, True),
             (eval_dataset(cfg, split.test, num_clips=cfg.train.val_clips), 1, False)]
     out, failed = [], []
     for ds, num_views, train in jobs:
@@ -308,14 +330,15 @@ def feature_datasets(cfg: Config, split: DatasetSplit, model, *, rank: int = 0, 
                                  feature_grid=cfg.model.feature_grid, transforms=ds.transforms,
                                  sampling=ds.sampling, backend=ds.backend, seek=ds.seek, precision=precision,
                                  view=(cfg.train.seed, v) if num_views > 1 else None,
-                                 motion=(cfg.model.motion != "none") and cfg.model.motion_map)
+                                 motion=(cfg.model.motion != "none") and cfg.model.motion_map,
+                                 contrast=cfg.model.contrast > 0)
             bad = extract_features(model, ds, cache, rank=rank, world_size=world_size, **kw)
             if world_size > 1:  # every rank's share is on disk; retrying what is still missing lists all failures
                 barrier()
                 bad = extract_features(model, ds, cache, **kw)
             failed += bad
             caches.append(cache)
-        out.append(FeatureDataset(ds, caches, train=train))
+        out.append(FeatureDataset(ds, caches, train=train, reversal=reversal_from(cfg, split.classes) if train else None))
     return out[0], out[1], sorted(set(failed))
 
 

@@ -56,6 +56,11 @@ class DataConfig:
     crop_ratio: tuple[float, float] = (0.75, 1.3333333)
     hflip: bool = True  # must be False when classes differ by left/right direction
     balance: Literal["none", "sqrt", "inverse"] = "none"  # class-aware train sampling: weight count^-1/2 or count^-1
+    # Classes that are each other's time reversal ([[Open, Close], ...]; [C, C]: C looks the same
+    # backwards): train clips are played backwards with probability reverse_prob and take the
+    # twin's label (data/reversal.py). Names are checked against the dataset's classes.
+    reverse_pairs: tuple[tuple[str, str], ...] = ()
+    reverse_prob: float = 0.5
     color_jitter: float = 0.4
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -97,6 +102,10 @@ class ModelConfig:
     # pooled features) | only. What a frozen image backbone lacks for camera and actor motion.
     motion: Literal["none", "add", "only"] = "none"
     motion_map: int = 10  # the stride-8 map is pooled to N x N before the correlation
+    # Width of the end-minus-start appearance contrast that joins the lstm/transformer head's pooled
+    # output (models.heads.TemporalContrast; 0: off). Separates time-reversed twins by what is there
+    # before and after (appear vs vanish), which motion-only heads cannot see.
+    contrast: int = 0
     placement: PlacementConfig = field(default_factory=PlacementConfig)
 
 
@@ -456,6 +465,10 @@ def _validate_data(d: DataConfig) -> None:
         v = getattr(oc, name)
         _check(0 <= v <= 1, f"data.occlusion.{name}", v, "must be in [0, 1]")
     _check(d.num_workers >= 0, "data.num_workers", d.num_workers, "must be >= 0")
+    _check(0 <= d.reverse_prob <= 1, "data.reverse_prob", d.reverse_prob, "must be in [0, 1]")
+    named = [c for pair in d.reverse_pairs for c in set(pair)]
+    _check(len(named) == len(set(named)), "data.reverse_pairs", [list(p) for p in d.reverse_pairs],
+           "a class may be in one pair only")
     _check(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", d.max_bad_fraction, "must be in [0, 1]")
     _check(d.loader_timeout >= 0, "data.loader_timeout", d.loader_timeout, "must be >= 0 (0: no timeout)")
 
@@ -468,6 +481,9 @@ def _validate_model(m: ModelConfig) -> None:
     _check(0 <= m.dropout < 1, "model.dropout", m.dropout, "must be in [0, 1)")
     _check(m.freeze_stages >= 0, "model.freeze_stages", m.freeze_stages, "must be >= 0")
     _check(2 <= m.motion_map <= 64, "model.motion_map", m.motion_map, "must be in [2, 64]")
+    _check(0 <= m.contrast <= 4096, "model.contrast", m.contrast, "must be in [0, 4096]")
+    _check(not (m.contrast and m.temporal == "none"), "model.contrast", m.contrast,
+           "needs model.temporal lstm or transformer (the frame-averaging baseline stays order-blind)")
     if m.temporal == "transformer":
         _check(m.hidden_size % 4 == 0, "model.hidden_size", m.hidden_size, "must be a multiple of 4 (the transformer's heads)")
     if m.pretrained:

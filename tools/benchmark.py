@@ -117,7 +117,7 @@ def quickstart(cfg, steps: int, repeats: int) -> list[Row]:
                 model = build.model_from(cfg, len(split.classes))
                 optimizer = create_optimizer(model, cfg.optim.name, **build.optimizer_kwargs(cfg))
                 autocast, scaler = setup_amp(torch.device("cpu"), cfg.train.amp)
-                tr = train_one_epoch(model, loader, build.loss_from(cfg, ds.labels, len(split.classes)), optimizer,
+                tr = train_one_epoch(model, loader, build.loss_from(cfg, ds.labels, list(split.classes)), optimizer,
                                      create_scheduler(optimizer, warmup_steps=0, total_steps=steps, min_ratio=1.0),
                                      epoch=0, autocast=autocast, scaler=scaler, max_steps=steps, show_progress=False,
                                      clip_grad_norm=cfg.optim.clip_grad_norm)

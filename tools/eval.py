@@ -89,7 +89,7 @@ def main(args: argparse.Namespace) -> dict:
     if device.type == "cpu":  # as in training: leave the loader workers and other programs their cores
         D.set_cpu_threads(args.threads, num_workers=cfg.data.num_workers)
     autocast, _ = setup_amp(device, args.amp)
-    criterion = build.loss_from(cfg, [s.label for s in split.train], len(classes)).to(device)
+    criterion = build.loss_from(cfg, [s.label for s in split.train], list(classes)).to(device)
     views = cfg.eval.num_clips * cfg.eval.num_crops
     log.info("evaluating %s on %d %s videos: %d clips x %d crops = %d views each | %s, amp %s",
              args.checkpoint, len(ds), args.split, cfg.eval.num_clips, cfg.eval.num_crops, views, device,

@@ -111,7 +111,7 @@ def main(args: argparse.Namespace) -> dict:
     out = args.out or args.checkpoint.parent / "pruned"
     split = build.checkpoint_split(cfg.data, classes, args.checkpoint)
     val = build.eval_loader(cfg, build.eval_dataset(cfg, split.test, num_clips=args.num_clips))
-    criterion = build.loss_from(cfg, [s.label for s in split.train], len(classes))
+    criterion = build.loss_from(cfg, [s.label for s in split.train], list(classes))
     s = cfg.data.crop_size
     example = torch.randn(1, cfg.data.sampling.clip_len, 3, s, s)
     report = {"checkpoint": str(args.checkpoint), "flops_target": args.flops, "threads": torch.get_num_threads(),

@@ -93,7 +93,7 @@ def build_run(cfg: Config, args: argparse.Namespace) -> Run:
     core = unwrap(model)
     if cfg.train.cache_features:
         build.use_cached_features(cfg, data, split, core, barrier=D.barrier, **loader_kw)
-    criterion = build.loss_from(cfg, data.train_ds.labels, len(data.classes)).to(head_dev)
+    criterion = build.loss_from(cfg, data.train_ds.labels, data.classes).to(head_dev)
     optimizer = create_optimizer(core, cfg.optim.name, **build.optimizer_kwargs(cfg))
     steps_per_epoch = min(len(data.train_loader), cfg.train.max_steps_per_epoch or len(data.train_loader))
     scheduler = build.scheduler_from(cfg, optimizer, steps_per_epoch)

@@ -39,6 +39,8 @@ class VideoClipDataset(Dataset):
         seek: seek policy of the frame-exact reader ('auto', 'always', 'never').
         seed: base seed of the per-item random generators.
         max_retries: train only: how many other videos to try when a video fails to decode.
+        reversal: train only: a ``reversal.TimeReversal`` that plays some clips backwards with
+            their twin class's label (``data.reverse_pairs``).
 
     Items are dicts: ``clip`` float tensor (T, C, H, W) in train mode, (V, T, C, H, W) in eval
     mode with V = num_clips * len(transforms); ``label`` int; ``index`` int (the sample actually
@@ -56,6 +58,7 @@ class VideoClipDataset(Dataset):
         seek: str = "auto",
         seed: int = 0,
         max_retries: int = 10,
+        reversal=None,
     ):
         if not samples:
             raise ValueError("dataset has no samples")
@@ -67,6 +70,7 @@ class VideoClipDataset(Dataset):
         self.backend, self.seek = backend, seek
         self.seed = seed
         self.max_retries = max_retries
+        self.reversal = reversal if train else None
         # Shared memory: persistent DataLoader workers hold a copy of the dataset, and must still
         # see the epoch the main process sets.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
@@ -123,8 +127,10 @@ class VideoClipDataset(Dataset):
         current = index
         for _ in range(tries):
             try:
-                clip = self.load(current, rng)
-                return {"clip": clip, "label": self.labels[current], "index": current, "failed": failed}
+                clip, label = self.load(current, rng), self.labels[current]
+                if self.reversal is not None:
+                    clip, label = self.reversal(clip, label, self.epoch, current)
+                return {"clip": clip, "label": label, "index": current, "failed": failed}
             except (VideoDecodeError, FileNotFoundError) as e:  # a file can vanish after the split was read
                 failed.append((self.paths[current], e.reason if isinstance(e, VideoDecodeError) else "file not found"))
                 # Substitute another video of the same split, drawn from the item's own generator.

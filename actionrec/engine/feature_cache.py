@@ -91,6 +91,7 @@ class FeatureCache:
         precision: how features are computed, e.g. "cpu:none" or "cuda:bf16".
         view: (seed, view number) of an augmented training view; None for deterministic clips.
         motion: ``model.motion_map`` when the features carry the motion map (0: they do not).
+        contrast: the features carry the stride-16 stage's channel means (``model.contrast``).
     """
 
     def __init__(
@@ -107,6 +108,7 @@ class FeatureCache:
         precision: str,
         view: tuple[int, int] | None = None,
         motion: int = 0,
+        contrast: bool = False,
     ):
         if dataclasses.is_dataclass(sampling):
             sampling = dataclasses.asdict(sampling)
@@ -122,6 +124,8 @@ class FeatureCache:
         }
         if motion:  # features carry the pooled stride-8 map (model.motion), this many cells a side
             self.parts["motion_map"] = int(motion)
+        if contrast:  # features end with the stride-16 stage's channel means (model.contrast)
+            self.parts["contrast_stage"] = 16
         if view is not None:  # an augmented training view: (seed, view number) fixes its random draws
             self.parts["view"] = list(view)
         self.key = _digest(self.parts)[:20]
@@ -232,10 +236,13 @@ class FeatureDataset(Dataset):
         dataset: the dataset the caches were filled from (its ``paths`` and ``labels``).
         caches: one cache, or one per augmented view.
         train: train-mode items.
+        reversal: train only: a ``data.reversal.TimeReversal`` applied to the cached features
+            (frames are independent in the backbone, so this equals reversing the frames).
     """
 
-    def __init__(self, dataset, caches: FeatureCache | Sequence[FeatureCache], *, train: bool):
+    def __init__(self, dataset, caches: FeatureCache | Sequence[FeatureCache], *, train: bool, reversal=None):
         self.train = train
+        self.reversal = reversal if train else None
         caches = [caches] if isinstance(caches, FeatureCache) else list(caches)
         self.items: list[tuple[list[torch.Tensor], int, int]] = []
         for i, path in enumerate(dataset.paths):
@@ -257,5 +264,8 @@ class FeatureDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         views, label, orig = self.items[index]
         feats = views[self.epoch % len(views)]
-        return {"clip": feats[0] if self.train else feats, "label": label, "index": orig, "failed": []}
+        clip = feats[0] if self.train else feats
+        if self.reversal is not None:
+            clip, label = self.reversal(clip, label, self.epoch, orig)
+        return {"clip": clip, "label": label, "index": orig, "failed": []}
 

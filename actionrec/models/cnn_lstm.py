@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from timm.models import group_parameters
 
-from actionrec.models.heads import DROPOUT, LSTMHead, MeanHead, MotionCorrelation, TransformerHead
+from actionrec.models.heads import DROPOUT, LSTMHead, MeanHead, MotionCorrelation, TemporalContrast, TransformerHead, valid_mask
 
 
 def _load_state_dict(path: str | Path) -> dict:
@@ -111,6 +111,19 @@ def feature_map_layout(backbone: nn.Module) -> str:
     return str(getattr(fmt, "value", fmt)).upper()
 
 
+def _temporal_head(temporal: str, in_dim: int, num_classes: int, head_kwargs: dict, *, extra_dim: int = 0) -> nn.Module:
+    """``model.temporal``'s head over (B, T, in_dim) steps; ``extra_dim`` clip-level inputs join its pooled output."""
+    if temporal == "lstm":
+        return LSTMHead(in_dim, num_classes, extra_dim=extra_dim, **head_kwargs)
+    if temporal == "transformer":
+        return TransformerHead(in_dim, num_classes, hidden_size=head_kwargs.get("hidden_size", 128),
+                               num_layers=head_kwargs.get("num_layers", 2), pooling=head_kwargs.get("pooling", "mean"),
+                               dropout=head_kwargs.get("dropout", DROPOUT), extra_dim=extra_dim)
+    if temporal == "none":
+        return MeanHead(in_dim, num_classes, dropout=head_kwargs.get("dropout", DROPOUT))
+    raise ValueError(f"temporal must be 'lstm', 'transformer' or 'none', got {temporal!r}")
+
+
 class CNNLSTM(nn.Module):
     """Time-distributed timm CNN + temporal head.
 
@@ -137,6 +150,13 @@ class CNNLSTM(nn.Module):
             pooled features), so frames stay independent for the feature cache, the streaming
             demo and ONNX export; the correlation runs in ``forward_head``.
         motion_map: side of the pooled map the correlation runs on.
+        contrast: width of a ``TemporalContrast`` branch (0: none): the end-minus-start change of
+            the frames' mid-level appearance (the channel means of the deepest stride-16 stage,
+            appended to each frame's features) joins the temporal head's pooled output. With
+            ``motion='only'`` it is how the head still sees *what* is there, in order (an object
+            that appears vs one that vanishes). Mid-level rather than the pooled features: on the
+            real-footage set it separated those twins better (README). LSTM and transformer heads
+            only: the frame-averaging baseline stays order-blind.
     """
 
     def __init__(
@@ -153,6 +173,7 @@ class CNNLSTM(nn.Module):
         channels_last: bool = False,
         motion: str = "none",
         motion_map: int = 10,
+        contrast: int = 0,
     ):
         super().__init__()
         if motion not in ("none", "add", "only"):
@@ -177,26 +198,24 @@ class CNNLSTM(nn.Module):
         self.appearance_dim = width * feature_grid**2
         self.feature_dim = self.appearance_dim
         self.motion, self.motion_map = motion, motion_map
-        self._motion_maps: list[torch.Tensor] = []
+        # Stage outputs the hooks below catch during one backbone call (frame_features empties them).
+        self._stage_out: dict[str, torch.Tensor] = {}
         head_in = self.appearance_dim
         if motion != "none":
-            stage = self._motion_stage(backbone)
-            stage.register_forward_hook(lambda _m, _i, out: self._motion_maps.append(out))
-            channels = self._motion_channels
-            self.feature_dim += channels * motion_map**2
+            self._motion_channels = channels = self._hook_stage(8, "motion")
+            self.motion_dim = channels * motion_map**2
+            self.feature_dim += self.motion_dim
             self.motion_corr = MotionCorrelation(channels, motion_map)
             head_in = self.motion_corr.out_dim + (self.appearance_dim if motion == "add" else 0)
-        head_kwargs = dict(head_kwargs or {})
-        if temporal == "lstm":
-            self.head = LSTMHead(head_in, num_classes, **head_kwargs)
-        elif temporal == "transformer":
-            self.head = TransformerHead(head_in, num_classes, hidden_size=head_kwargs.get("hidden_size", 128),
-                                        num_layers=head_kwargs.get("num_layers", 2), pooling=head_kwargs.get("pooling", "mean"),
-                                        dropout=head_kwargs.get("dropout", DROPOUT))
-        elif temporal == "none":
-            self.head = MeanHead(head_in, num_classes, dropout=head_kwargs.get("dropout", DROPOUT))
-        else:
-            raise ValueError(f"temporal must be 'lstm', 'transformer' or 'none', got {temporal!r}")
+        if contrast < 0 or (contrast and temporal == "none"):
+            raise ValueError(f"contrast={contrast}: must be >= 0, and needs an order-aware head (temporal lstm or "
+                             "transformer): the frame-averaging baseline must stay order-blind")
+        self.contrast = None
+        if contrast:
+            self.contrast_channels = self._hook_stage(16, "contrast")
+            self.feature_dim += self.contrast_channels
+            self.contrast = TemporalContrast(self.contrast_channels, contrast)
+        self.head = _temporal_head(temporal, head_in, num_classes, dict(head_kwargs or {}), extra_dim=contrast)
         self.num_classes = num_classes
         self.channels_last = channels_last
         self.frozen_groups: list[int] = []
@@ -217,14 +236,16 @@ class CNNLSTM(nn.Module):
         self.cnn_device: torch.device | None = None
         self.head_device: torch.device | None = None
 
-    def _motion_stage(self, backbone: nn.Module) -> nn.Module:
-        """The deepest backbone stage with output stride <= 8 (timm's ``feature_info``)."""
-        info = [f for f in getattr(backbone, "feature_info", []) if isinstance(f, dict) and f.get("reduction", 99) <= 8]
+    def _hook_stage(self, stride: int, option: str) -> int:
+        """Catch the output of the deepest backbone stage with output stride <= ``stride`` (timm's
+        ``feature_info``) in ``_stage_out[option]`` at every backbone call; returns its channels."""
+        info = [f for f in getattr(self.backbone, "feature_info", []) if isinstance(f, dict) and f.get("reduction", 99) <= stride]
         if not info:
-            raise ValueError(f"model.motion needs a CNN backbone with a stride-8 stage in timm's feature_info; "
-                             f"{type(backbone).__name__} has none")
-        self._motion_channels = int(info[-1]["num_chs"])
-        return backbone.get_submodule(info[-1]["module"])
+            raise ValueError(f"model.{option} needs a CNN backbone with a stride-{stride} stage in timm's feature_info; "
+                             f"{type(self.backbone).__name__} has none")
+        stage = self.backbone.get_submodule(info[-1]["module"])
+        stage.register_forward_hook(lambda _m, _i, out: self._stage_out.__setitem__(option, out))
+        return int(info[-1]["num_chs"])
 
     @property
     def backbone_frozen(self) -> bool:
@@ -254,18 +275,25 @@ class CNNLSTM(nn.Module):
 
     def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) frames -> (N, D) features in one backbone call: the pooled features, then
-        (with ``motion``) the flattened stride-8 map pooled to ``motion_map`` x ``motion_map``."""
-        if self.motion == "none":
+        (with ``motion``) the flattened stride-8 map pooled to ``motion_map`` x ``motion_map``, then
+        (with ``contrast``) the stride-16 map's channel means."""
+        if self.motion == "none" and self.contrast is None:
             return self._pooled_features(frames)
-        self._motion_maps.clear()
-        feats = self._pooled_features(frames)
-        fmap = self._motion_maps.pop()
-        self._motion_maps.clear()
-        nhwc = fmap.shape[-1] == self._motion_channels and fmap.shape[1] != self._motion_channels
-        maps = grid_cells(fmap.float(), self.motion_map, channels_last=nhwc)
-        if nhwc:
-            maps = maps.permute(0, 3, 1, 2)
-        return torch.cat([feats, maps.flatten(1).to(feats.dtype)], 1)
+        self._stage_out.clear()
+        parts = [self._pooled_features(frames)]
+        outs, self._stage_out = self._stage_out, {}
+        if self.motion != "none":
+            fmap = outs["motion"]
+            nhwc = fmap.shape[-1] == self._motion_channels and fmap.shape[1] != self._motion_channels
+            maps = grid_cells(fmap.float(), self.motion_map, channels_last=nhwc)
+            if nhwc:
+                maps = maps.permute(0, 3, 1, 2)
+            parts.append(maps.flatten(1))
+        if self.contrast is not None:
+            fmap = outs["contrast"]
+            nhwc = fmap.shape[-1] == self.contrast_channels and fmap.shape[1] != self.contrast_channels
+            parts.append(fmap.float().mean(dim=(1, 2) if nhwc else (2, 3)))
+        return torch.cat([p.to(parts[0].dtype) for p in parts], 1)
 
     def _pooled_features(self, frames: torch.Tensor) -> torch.Tensor:
         frames = frames.to(self.input_device, non_blocking=True)
@@ -300,11 +328,18 @@ class CNNLSTM(nn.Module):
         primitive on CPUs without native bf16 (it raises instead of falling back).
         """
         feats = feats.to(self.output_device, non_blocking=True).float()
+        a = self.appearance_dim
         with torch.autocast(device_type=feats.device.type, enabled=False):
+            # Layout (frame_features): appearance | motion map (motion) | stride-16 means (contrast).
+            head_in = feats[..., :a]
             if self.motion != "none":
-                motion = self.motion_corr(feats[..., self.appearance_dim :])
-                feats = motion if self.motion == "only" else torch.cat([feats[..., : self.appearance_dim], motion], -1)
-            return self.head(feats, lengths)
+                motion = self.motion_corr(feats[..., a : a + self.motion_dim])
+                head_in = motion if self.motion == "only" else torch.cat([head_in, motion], -1)
+            if self.contrast is None:
+                return self.head(head_in, lengths)
+            b, t = feats.shape[:2]
+            extra = self.contrast(feats[..., -self.contrast_channels :], valid_mask(lengths, b, t, feats.device))
+            return self.head(head_in, lengths, extra)
 
     def forward(self, clips: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, C, H, W) clips, or (B, T, D) backbone features (the frozen-backbone feature

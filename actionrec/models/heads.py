@@ -7,6 +7,8 @@ the CNN-LSTM-attention action recognition designs), dropout and a linear classif
 over time, the step after the LSTM), same pooling options.
 ``MeanHead``: the frame-averaging baseline (no temporal order).
 ``MotionCorrelation``: parameter-free motion features from consecutive frames' feature maps.
+``TemporalContrast``: the clip's end-minus-start appearance change, an order-aware summary the
+LSTM and transformer heads can take next to their pooled steps (``extra_dim``).
 """
 
 from __future__ import annotations
@@ -54,21 +56,28 @@ def check_pooling(pooling: str) -> None:
 class _PooledHead(nn.Module):
     """The end the LSTM and transformer heads share: pool (B, T, D) over valid steps, dropout, linear."""
 
-    def _build_classifier(self, dim: int, num_classes: int, pooling: str, dropout: float) -> None:
+    def _build_classifier(self, dim: int, num_classes: int, pooling: str, dropout: float, extra_dim: int = 0) -> None:
         self.pooling = pooling
         self.attention = AdditiveAttention(dim) if pooling == "attention" else None
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(dim, num_classes)
+        self.extra_dim = extra_dim
+        self.fc = nn.Linear(dim + extra_dim, num_classes)
         self.out_dim = dim
 
-    def classify(self, x: torch.Tensor, mask: torch.Tensor, last: torch.Tensor | None) -> torch.Tensor:
-        """(B, T, D) steps, (B, T) valid mask, the (B, D) 'last' pooling (None for the others) -> logits."""
+    def classify(self, x: torch.Tensor, mask: torch.Tensor, last: torch.Tensor | None,
+                 extra: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, D) steps, (B, T) valid mask, the (B, D) 'last' pooling (None for the others) and
+        ``extra_dim`` clip-level features (B, E) that join the pooled vector -> logits."""
         if self.pooling == "last":
             pooled = last
         elif self.pooling == "mean":
             pooled = masked_mean(x, mask)
         else:
             pooled, _ = self.attention(x, mask)
+        if (extra is None) != (self.extra_dim == 0):
+            raise ValueError(f"head built with extra_dim={self.extra_dim} got extra={None if extra is None else tuple(extra.shape)}")
+        if extra is not None:
+            pooled = torch.cat([pooled, extra.to(pooled.dtype)], -1)
         return self.fc(self.dropout(pooled))
 
 
@@ -86,6 +95,7 @@ class LSTMHead(_PooledHead):
         lstm_dropout: float = 0.2,
         pooling: str = "attention",
         dropout: float = DROPOUT,
+        extra_dim: int = 0,
     ):
         super().__init__()
         check_pooling(pooling)
@@ -97,7 +107,7 @@ class LSTMHead(_PooledHead):
             bidirectional=bidirectional,
             dropout=lstm_dropout if num_layers > 1 else 0.0,
         )
-        self._build_classifier(hidden_size * (2 if bidirectional else 1), num_classes, pooling, dropout)
+        self._build_classifier(hidden_size * (2 if bidirectional else 1), num_classes, pooling, dropout, extra_dim)
         self.reset_lstm_parameters()
 
     def reset_lstm_parameters(self) -> None:
@@ -115,7 +125,8 @@ class LSTMHead(_PooledHead):
                 if "bias_ih" in name:
                     p.data[hs : 2 * hs] = 1.0
 
-    def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None,
+                extra: torch.Tensor | None = None) -> torch.Tensor:
         b, t, _ = feats.shape
         mask = valid_mask(lengths, b, t, feats.device)
         if lengths is not None:
@@ -130,7 +141,7 @@ class LSTMHead(_PooledHead):
             # to right, its backward state right to left.
             dirs = 2 if self.lstm.bidirectional else 1
             last = torch.cat([h_n[-dirs + i] for i in range(dirs)], dim=1)
-        return self.classify(out, mask, last)
+        return self.classify(out, mask, last, extra)
 
 
 class MeanHead(nn.Module):
@@ -170,6 +181,7 @@ class TransformerHead(_PooledHead):
         pooling: str = "mean",
         dropout: float = DROPOUT,
         max_len: int = 128,
+        extra_dim: int = 0,
     ):
         super().__init__()
         check_pooling(pooling)
@@ -181,9 +193,10 @@ class TransformerHead(_PooledHead):
         nn.init.trunc_normal_(self.pos, std=0.02)
         self.layers = nn.ModuleList(_EncoderLayer(hidden_size, num_heads, attn_dropout) for _ in range(num_layers))
         self.norm = nn.LayerNorm(hidden_size)
-        self._build_classifier(hidden_size, num_classes, pooling, dropout)
+        self._build_classifier(hidden_size, num_classes, pooling, dropout, extra_dim)
 
-    def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None,
+                extra: torch.Tensor | None = None) -> torch.Tensor:
         b, t, _ = feats.shape
         if t > self.max_len:
             raise ValueError(f"transformer head: {t} time steps, more than its {self.max_len} positions")
@@ -196,7 +209,7 @@ class TransformerHead(_PooledHead):
         last = None
         if self.pooling == "last":
             last = x[torch.arange(b, device=x.device), (mask.long().sum(1) - 1).clamp_min(0)]
-        return self.classify(x, mask, last)
+        return self.classify(x, mask, last, extra)
 
 
 class _EncoderLayer(nn.Module):
@@ -256,3 +269,34 @@ class MotionCorrelation(nn.Module):
                            for dy in range(2 * r + 1) for dx in range(2 * r + 1)], 1)  # (B*(T-1), D2, s, s)
         vol = grid_cells(vol, self.grid).reshape(b, t - 1, self.out_dim)
         return torch.cat([vol, vol.new_zeros(b, 1, self.out_dim)], 1)
+
+
+class TemporalContrast(nn.Module):
+    """How the clip's appearance changed from its start to its end: an order-aware clip summary.
+
+    Each frame's appearance features are layer-normalised and projected to ``out_dim``; the result
+    is the mean over the last ``fraction`` of the valid steps minus the mean over the first. It
+    flips sign when the clip is played backwards, so it tells apart classes that are each
+    other's time reversal by *what* is there before and after (an object that appears vs one
+    that vanishes, where the motion between frames looks the same both ways). A linear summary
+    over fixed segments, as TSN's segment consensus but signed, which few training videos
+    suffice to fit; the heads take it next to their pooled steps (``extra_dim``).
+
+    Input (B, T, D) features and a (B, T) valid mask; output (B, out_dim).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int = 16, *, fraction: float = 0.25):
+        super().__init__()
+        if not 0 < fraction <= 0.5:
+            raise ValueError(f"fraction must be in (0, 0.5], got {fraction}")
+        self.fraction, self.out_dim = fraction, out_dim
+        self.proj = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, out_dim))
+
+    def forward(self, feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        p = self.proj(feats)
+        n = mask.long().sum(1, keepdim=True)  # (B, 1) valid steps
+        k = (n.float() * self.fraction).floor().long().clamp_min(1)
+        idx = torch.arange(feats.shape[1], device=feats.device)[None, :]
+        first = idx < k
+        last = (idx >= n - k) & (idx < n)
+        return masked_mean(p, last) - masked_mean(p, first)

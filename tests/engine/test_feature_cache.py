@@ -197,8 +197,8 @@ def test_augmented_views_are_the_train_pipeline_and_epochs_cycle_through_them(ti
 
 
 def test_train_tool_with_augmented_views_motion_and_transformer(tiny_root, tmp_path):
-    """The cpu_pretrained recipe's path: K cached train views, motion features, transformer head;
-    the checkpoint then runs on raw clips (eval, demo) without the cache."""
+    """The cpu_pretrained recipe's path: K cached train views, motion features, the appearance
+    contrast, transformer head; the checkpoint then runs on raw clips (eval, demo) without the cache."""
     from tests.helpers import load_tool
 
     train_tool = load_tool("train")
@@ -206,7 +206,8 @@ def test_train_tool_with_augmented_views_motion_and_transformer(tiny_root, tmp_p
         f"data.root={tiny_root}", f"data.cache_dir={tmp_path / 'cache'}", "data.clip_len=4", "data.resize_short=40",
         "data.crop_size=32", "data.num_workers=0", "model.backbone=test_resnet", "model.hidden_size=16",
         "model.freeze_backbone=true", "model.temporal=transformer", "model.motion=only", "model.motion_map=4",
-        "train.cache_features=true", "train.cache_views=3", "train.batch_size=4", "train.epochs=2",
+        "model.contrast=8", "data.reverse_pairs=[[Grow, Shrink]]", "train.cache_features=true", "train.cache_views=3",
+        "train.batch_size=4", "train.epochs=2",
         "train.device=cpu", "train.cpu_threads=1", "logging.wandb.mode=disabled", f"train.output_dir={tmp_path / 'runs'}",
         "train.name=views",
     ]
@@ -216,6 +217,7 @@ def test_train_tool_with_augmented_views_motion_and_transformer(tiny_root, tmp_p
     assert len(keys) == 4  # three train views and the val clips
     views = sorted(json.loads(k.read_text()).get("view", [None])[-1] or 0 for k in keys)
     assert views == [0, 0, 1, 2] and all(json.loads(k.read_text())["motion_map"] == 4 for k in keys)
+    assert all(json.loads(k.read_text())["contrast_stage"] == 16 for k in keys)
     assert len(sorted((tmp_path / "cache" / "features").glob("*/*.pt"))) == 3 * len(split.train) + len(split.test)
     from actionrec.build import model_from_checkpoint
 

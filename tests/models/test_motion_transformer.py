@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from actionrec.models.factory import create_model
-from actionrec.models.heads import LSTMHead, MotionCorrelation, TransformerHead
+from actionrec.models.heads import LSTMHead, MotionCorrelation, TemporalContrast, TransformerHead
 
 
 @pytest.fixture(autouse=True)
@@ -100,13 +100,83 @@ def test_motion_needs_a_stride8_stage():
         create_model("cnn_lstm", num_classes=2, backbone="vit_tiny_patch16_224", motion="only", hidden_size=8)
 
 
+def test_temporal_contrast_is_end_minus_start_over_valid_steps():
+    torch.manual_seed(0)
+    tc = TemporalContrast(6, 3)
+    x = torch.randn(2, 9, 6)
+    lengths = torch.tensor([9, 5])
+    mask = torch.arange(9)[None, :] < lengths[:, None]
+    out = tc(x, mask)
+    p = tc.proj(x)
+    # Reference: the mean of the last floor(n/4) valid steps minus the first floor(n/4) (at least 1).
+    for i, n in enumerate(lengths.tolist()):
+        k = max(1, n // 4)
+        torch.testing.assert_close(out[i], p[i, n - k : n].mean(0) - p[i, :k].mean(0))
+    # Padded steps do not count, whatever they hold.
+    x2 = x.clone()
+    x2[1, 5:] = 1e3
+    torch.testing.assert_close(tc(x2, mask), out)
+    # Played backwards, the contrast changes sign.
+    torch.testing.assert_close(tc(x[:1].flip(1), mask[:1]), -out[:1])
+    with pytest.raises(ValueError, match="fraction"):
+        TemporalContrast(6, 3, fraction=0.75)
+
+
+@pytest.mark.parametrize("temporal", ["lstm", "transformer"])
+def test_contrast_lets_a_motion_only_model_see_appearance_order(temporal):
+    """With motion='only' the head never sees what is in the frames, only how they moved;
+    model.contrast adds the end-minus-start change of the stride-16 stage's channel means (appended
+    to each frame's features), so a clip and its time-reversed copy get different logits even
+    where their motion features are the same."""
+    torch.manual_seed(0)
+    kw = dict(num_classes=3, backbone="test_resnet", temporal=temporal, motion="only", motion_map=4, hidden_size=16)
+    plain, model = (create_model("cnn_lstm", **kw, contrast=c).eval() for c in (0, 8))
+    plain.backbone.load_state_dict(model.backbone.state_dict())
+    stride16 = [f for f in model.backbone.feature_info if f["reduction"] == 16][-1]
+    assert model.contrast_channels == stride16["num_chs"]
+    assert model.feature_dim == plain.feature_dim + stride16["num_chs"]
+    assert model.head.fc.in_features == plain.head.fc.in_features + 8
+    clips = torch.randn(2, 6, 3, 48, 48)
+    feats = model.clip_features(clips)
+    torch.testing.assert_close(feats[..., : plain.feature_dim], plain.clip_features(clips))
+    torch.testing.assert_close(model(clips), model(feats))
+    # The appended values are the stride-16 map's channel means.
+    maps = []
+    hook = model.backbone.get_submodule(stride16["module"]).register_forward_hook(lambda _m, _i, o: maps.append(o))
+    model.backbone(clips.flatten(0, 1))
+    hook.remove()
+    torch.testing.assert_close(feats[..., plain.feature_dim :].flatten(0, 1), maps[0].mean((2, 3)), rtol=1e-4, atol=1e-5)
+    # Every frame gets the same motion map: the correlation features are the same forwards and
+    # backwards; only the stride-16 means change order.
+    c = model.contrast_channels
+    same_motion = feats.clone()
+    same_motion[..., :-c] = feats[:, :1, :-c]
+    reversed_ = torch.cat([same_motion[..., :-c], same_motion[..., -c:].flip(1)], -1)
+    torch.testing.assert_close(plain(same_motion[..., :-c]), plain(reversed_[..., :-c]))
+    assert (model(same_motion) - model(reversed_)).abs().max() > 1e-3
+    # Gradients reach the contrast branch; padded clips run.
+    model.train()
+    model(same_motion, torch.tensor([6, 4])).sum().backward()
+    assert all(p.grad is not None for p in model.contrast.parameters())
+
+
+def test_contrast_refuses_the_frame_averaging_baseline():
+    with pytest.raises(ValueError, match="order-blind"):
+        create_model("cnn_lstm", num_classes=2, backbone="test_resnet", temporal="none", contrast=4)
+    from actionrec.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="model.contrast"):
+        load_config(None, ["model.temporal=none", "model.contrast=8"])
+
+
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime")
-def test_motion_transformer_model_exports_to_onnx(tmp_path):
+@pytest.mark.parametrize("contrast", [0, 8])
+def test_motion_transformer_model_exports_to_onnx(tmp_path, contrast):
     from actionrec.deploy.export import export_onnx, max_abs_diff_onnx
 
     torch.manual_seed(0)
     model = create_model("cnn_lstm", num_classes=4, backbone="test_resnet", temporal="transformer", motion="only",
-                         motion_map=4, hidden_size=16).eval()
+                         motion_map=4, hidden_size=16, contrast=contrast).eval()
     paths = export_onnx(model, tmp_path, clip_len=6, crop_size=48)
     diff = max_abs_diff_onnx(model, paths, clip_len=6, crop_size=48)
     assert max(diff.values()) < 1e-3, diff

@@ -96,6 +96,8 @@ def runs(tmp_path_factory) -> dict:
                    f"trainlist01.txt:{lists['escape'][1]}: path '../outside.avi' points outside the dataset root"),
         "missing_video": (train + common + [f"data.split_dir={lists['missing_video'][0]}"],
                           f"trainlist01.txt:{lists['missing_video'][1]}: video not found"),
+        "reverse_pairs": (train + common + ["data.reverse_pairs=[[Grow, Fly]]"],
+                          "data.reverse_pairs: class 'Fly' is not in the dataset (classes: "),
         "missing_checkpoint": (train + common + ["--resume", str(tmp / "nope.pt")], f"checkpoint not found: {tmp / 'nope.pt'}"),
         "malicious_resume": (train + common + ["--resume", str(evil)], f"{evil}: refused: it holds code objects"),
         "malicious_eval": ([sys.executable, str(REPO / "tools" / "eval.py"), str(evil)], f"{evil}: refused: it holds code objects"),
@@ -118,7 +120,7 @@ def runs(tmp_path_factory) -> dict:
 
 
 CASE_NAMES = ["unknown_key", "wrong_type", "bad_value", "missing_config", "bad_yaml", "missing_root", "empty_class",
-              "text_only_class", "non_video", "unknown_class", "escape", "missing_video", "missing_checkpoint",
+              "text_only_class", "non_video", "unknown_class", "escape", "missing_video", "reverse_pairs", "missing_checkpoint",
               "malicious_resume", "malicious_eval"]
 
 

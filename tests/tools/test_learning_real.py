@@ -47,7 +47,7 @@ def runs(tmp_path_factory, train_tool):
               f"model.pretrained={weights}", f"data.cache_dir={out / 'cache'}", f"train.output_dir={out / 'runs'}",
               "logging.wandb.mode=disabled"]
     results = {}
-    baseline = ["model.temporal=none", "model.motion=none", "train.cache_views=1"]
+    baseline = ["model.temporal=none", "model.motion=none", "model.contrast=0", "train.cache_views=1"]
     for name, extra in (("recipe", []), ("baseline", baseline)):
         train_tool.main(train_tool.parse_args([*common, f"train.name={name}", *extra]))
         eval_tool.main(eval_tool.parse_args([str(out / "runs" / name / "last.pt"), "eval.num_clips=1",

@@ -1,0 +1,112 @@
+"""data.reverse_pairs: training clips played backwards take their twin class's label."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from actionrec import build
+from actionrec.config import ConfigError, load_config
+from actionrec.data.dataset import ClipSampling, VideoClipDataset
+from actionrec.data.reversal import TimeReversal, reverse_pairs_to_indices
+from actionrec.data.splits import load_split
+from actionrec.data.transforms import train_transform
+from actionrec.models.losses import inverse_frequency_alpha
+
+KW = dict(resize_short=40, crop_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+def test_reversal_flips_time_swaps_twins_and_is_deterministic():
+    rev = TimeReversal([(0, 1), (2, 2)], prob=0.5, seed=7)
+    clip = torch.arange(5.0)[:, None].repeat(1, 3)  # (T=5, D=3), step t holds t
+    outcomes = {0: 0, 1: 0}
+    for index in range(200):
+        out, label = rev(clip, 0, epoch=0, index=index)
+        if label == 1:
+            torch.testing.assert_close(out, clip.flip(0))
+        else:
+            assert label == 0 and torch.equal(out, clip)
+        outcomes[label] += 1
+        # The same (epoch, index) draws the same, in any process.
+        again, label2 = TimeReversal([(0, 1), (2, 2)], prob=0.5, seed=7)(clip, 0, 0, index)
+        assert label2 == label and torch.equal(again, out)
+    assert 70 <= outcomes[1] <= 130, outcomes  # p = 0.5 of 200: 100 +- 3.5 sd
+    # A class that is its own twin is reversed without a label change; a class without one never.
+    seen = {rev(clip, 2, 0, i)[1] for i in range(50)}
+    assert seen == {2} and any(torch.equal(rev(clip, 2, 0, i)[0], clip.flip(0)) for i in range(50))
+    assert all(torch.equal(rev(clip, 3, 0, i)[0], clip) and rev(clip, 3, 0, i)[1] == 3 for i in range(50))
+    assert all(TimeReversal([(0, 1)], prob=0.0)(clip, 0, 0, i)[1] == 0 for i in range(50))
+    assert all(TimeReversal([(0, 1)], prob=1.0)(clip, 1, 0, i)[1] == 0 for i in range(50))
+
+
+def test_expected_counts_and_alpha_auto():
+    rev = TimeReversal([(0, 1), (2, 2)], prob=0.5)
+    assert rev.expected_counts([30, 10, 5, 7]) == [20.0, 20.0, 5.0, 7.0]
+    assert TimeReversal([(0, 1)], prob=0.25).expected_counts([40, 8]) == [32.0, 16.0]
+    cfg = load_config(None, ["data.reverse_pairs=[[a, b]]", "loss.alpha=auto"])
+    loss = build.loss_from(cfg, [0] * 30 + [1] * 10 + [2] * 5, ["a", "b", "c"])
+    torch.testing.assert_close(loss.alpha, torch.tensor(inverse_frequency_alpha([20.0, 20.0, 5.0]), dtype=loss.alpha.dtype))
+
+
+def test_pair_names_are_checked():
+    assert reverse_pairs_to_indices([("B", "A"), ("C", "C")], ["A", "B", "C"]) == [(1, 0), (2, 2)]
+    with pytest.raises(ConfigError, match="class 'Z' is not in the dataset"):
+        reverse_pairs_to_indices([("A", "Z")], ["A", "B"])
+    with pytest.raises(ConfigError, match="one pair only"):
+        load_config(None, ["data.reverse_pairs=[[A, B], [B, C]]"])
+    with pytest.raises(ValueError, match="two reverse pairs"):
+        TimeReversal([(0, 1), (1, 2)])
+
+
+def test_video_dataset_reverses_the_same_augmented_frames(tiny_dataset):
+    split = load_split(tiny_dataset)
+    classes = list(split.classes)
+    twins = (classes[0], classes[1])
+    rev = TimeReversal(reverse_pairs_to_indices([twins], classes), prob=0.5, seed=3)
+
+    def make(reversal):
+        return VideoClipDataset(split.train, sampling=ClipSampling(clip_len=6), train=True, seed=3,
+                                transforms=[train_transform(**KW, hflip=False)], reversal=reversal)
+
+    plain, reversing = make(None), make(rev)
+    flipped = 0
+    for i, sample in enumerate(split.train):
+        a, b = plain[i], reversing[i]
+        if b["label"] != a["label"]:
+            assert {a["label"], b["label"]} == {0, 1}
+            # Same random crop, jitter and occlusion draws, frames in the opposite order.
+            torch.testing.assert_close(b["clip"], a["clip"].flip(0), rtol=0, atol=0)
+            flipped += 1
+        else:
+            torch.testing.assert_close(b["clip"], a["clip"], rtol=0, atol=0)
+    assert flipped >= 1
+    assert sum(s.label in (0, 1) for s in split.train) > flipped  # some stayed forwards (p = 0.5)
+
+
+def test_feature_dataset_reverses_cached_features():
+    from actionrec.engine.feature_cache import FeatureDataset
+
+    class Cache:
+        def __init__(self, feats):
+            self.feats = feats
+
+        def get(self, path):
+            return self.feats[path]
+
+    # A stand-in cache (FeatureDataset only calls .get) keeps the test in memory.
+    feats = {f"v{i}": torch.randn(1, 5, 4) for i in range(40)}  # (views, T, D) per video
+    ds = type("DS", (), {"paths": list(feats), "labels": [i % 3 for i in range(40)]})()
+    fd = FeatureDataset(ds, [Cache(feats)], train=True, reversal=TimeReversal([(0, 1)], prob=0.5, seed=1))
+    swapped = 0
+    for i in range(40):
+        item = fd[i]
+        if item["label"] != ds.labels[i]:
+            assert {item["label"], ds.labels[i]} == {0, 1}
+            torch.testing.assert_close(item["clip"], feats[f"v{i}"][0].flip(0))
+            swapped += 1
+        else:
+            torch.testing.assert_close(item["clip"], feats[f"v{i}"][0])
+    assert swapped >= 3
+    # Validation items are never reversed.
+    val = FeatureDataset(ds, [Cache(feats)], train=False, reversal=TimeReversal([(0, 1)], prob=1.0))
+    assert all(val[i]["label"] == ds.labels[i] for i in range(40))
