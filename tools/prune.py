@@ -33,6 +33,7 @@ from actionrec.engine.distill import Distiller
 from actionrec.engine.loop import evaluate, setup_amp, train_one_epoch
 from actionrec.engine.optim import create_optimizer, create_scheduler
 from actionrec.engine.threads import cpu_threads
+from actionrec.errors import UsageError
 from actionrec.models import pruning
 
 log = logging.getLogger("actionrec.prune")
@@ -107,6 +108,10 @@ def save(model, cfg, classes, arch: dict, out: Path, report: dict) -> Path:
 def main(args: argparse.Namespace) -> dict:
     setup_logging()
     cfg, model, classes = build.model_from_checkpoint(args.checkpoint, args.overrides)
+    if cfg.model.motion != "none" or cfg.model.contrast:
+        # Their hooks read fixed backbone stages whose channels pruning would change.
+        raise UsageError(f"{args.checkpoint}: pruning a model with model.motion or model.contrast is not supported "
+                         "yet; prune one trained without them")
     torch.set_num_threads(cpu_threads(args.threads, num_workers=cfg.data.num_workers))
     out = args.out or args.checkpoint.parent / "pruned"
     split = build.checkpoint_split(cfg.data, classes, args.checkpoint)

@@ -92,3 +92,26 @@ def test_flops_out_of_range_and_a_foreign_architecture_are_refused(pruned, tmp_p
     torch.save(ckpt, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="bad.pt: incompatible checkpoint: pruned architecture names a module"):
         build.model_from_checkpoint(tmp_path / "bad.pt")
+
+
+def test_models_with_stage_hooks_are_refused_in_one_line(trained_checkpoint, tmp_path):
+    """model.motion and model.contrast read fixed backbone stages whose widths pruning would change."""
+    from actionrec.config import config_to_dict
+    from actionrec.engine import checkpoint as ckpt_io
+    from actionrec.errors import UsageError
+
+    from actionrec.config import load_config
+
+    ckpt = torch.load(trained_checkpoint, weights_only=True)
+    for extra in (["model.contrast=8", "model.temporal=transformer"], ["model.motion=only", "model.motion_map=4"]):
+        overrides = [f"{k}={v}" for k, v in (("model.backbone", "test_resnet"), ("model.hidden_size", 16))] + extra
+        cfg = load_config(None, overrides)
+        model = build.model_from(cfg, len(ckpt["class_names"]))
+        path = tmp_path / "hooked.pt"
+        ckpt_io.atomic_save(ckpt_io.make_checkpoint(model=model, optimizer=None, scheduler=None, scaler=None, epoch=0,
+                                                    step=0, config=config_to_dict(cfg),
+                                                    class_names=ckpt["class_names"]), path)
+        tool = load_tool("prune")
+        with pytest.raises(UsageError, match="hooked.pt: pruning a model with model.motion or model.contrast"):
+            tool.main(tool.parse_args([str(path), "--flops", "0.5", "--out", str(tmp_path / "out")]))
+        assert not (tmp_path / "out").exists()
