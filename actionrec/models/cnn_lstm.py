@@ -111,6 +111,11 @@ def feature_map_layout(backbone: nn.Module) -> str:
     return str(getattr(fmt, "value", fmt)).upper()
 
 
+def _is_nhwc(fmap: torch.Tensor, channels: int) -> bool:
+    """Whether a hooked stage's (N, ., ., .) output is channels-last (some timm backbones emit NHWC stages)."""
+    return fmap.shape[-1] == channels and fmap.shape[1] != channels
+
+
 def _temporal_head(temporal: str, in_dim: int, num_classes: int, head_kwargs: dict, *, extra_dim: int = 0) -> nn.Module:
     """``model.temporal``'s head over (B, T, in_dim) steps; ``extra_dim`` clip-level inputs join its pooled output."""
     if temporal == "lstm":
@@ -284,15 +289,14 @@ class CNNLSTM(nn.Module):
         outs, self._stage_out = self._stage_out, {}
         if self.motion != "none":
             fmap = outs["motion"]
-            nhwc = fmap.shape[-1] == self._motion_channels and fmap.shape[1] != self._motion_channels
+            nhwc = _is_nhwc(fmap, self._motion_channels)
             maps = grid_cells(fmap.float(), self.motion_map, channels_last=nhwc)
             if nhwc:
                 maps = maps.permute(0, 3, 1, 2)
             parts.append(maps.flatten(1))
         if self.contrast is not None:
             fmap = outs["contrast"]
-            nhwc = fmap.shape[-1] == self.contrast_channels and fmap.shape[1] != self.contrast_channels
-            parts.append(fmap.float().mean(dim=(1, 2) if nhwc else (2, 3)))
+            parts.append(fmap.float().mean(dim=(1, 2) if _is_nhwc(fmap, self.contrast_channels) else (2, 3)))
         return torch.cat([p.to(parts[0].dtype) for p in parts], 1)
 
     def _pooled_features(self, frames: torch.Tensor) -> torch.Tensor:
