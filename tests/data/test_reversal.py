@@ -54,6 +54,8 @@ def test_pair_names_are_checked():
         reverse_pairs_to_indices([("A", "Z")], ["A", "B"])
     with pytest.raises(ConfigError, match="one pair only"):
         load_config(None, ["data.reverse_pairs=[[A, B], [B, C]]"])
+    with pytest.raises(ConfigError, match=r"data.reverse_prob=1.5: must be in \[0, 1\]"):
+        load_config(None, ["data.reverse_prob=1.5"])
     with pytest.raises(ValueError, match="two reverse pairs"):
         TimeReversal([(0, 1), (1, 2)])
 
