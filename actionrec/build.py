@@ -82,12 +82,13 @@ def sampling_spec(data: DataConfig) -> dict:
 
 
 def reversal_from(cfg: Config, classes) -> TimeReversal | None:
-    """``data.reverse_pairs`` as a ``TimeReversal`` (None without pairs).
+    """``data.reverse_pairs`` as a ``TimeReversal`` (None without pairs, and for ``auto`` until
+    ``find_reverse_pairs_from`` has replaced it by the pairs found).
 
     Raises:
         ConfigError: a named class is not one of ``classes``.
     """
-    if not cfg.data.reverse_pairs:
+    if not cfg.data.reverse_pairs or cfg.data.reverse_pairs == "auto":
         return None
     return TimeReversal(reverse_pairs_to_indices(cfg.data.reverse_pairs, list(classes)), cfg.data.reverse_prob,
                         seed=cfg.train.seed)
@@ -161,14 +162,48 @@ def train_data(cfg: Config, split: DatasetSplit, **loader_kw) -> TrainData:
 
 
 def use_cached_features(cfg: Config, data: TrainData, split: DatasetSplit, model, *, rank: int = 0,
-                        world_size: int = 1, barrier=lambda: None, **loader_kw) -> None:
-    """``train.cache_features``: ``data``'s loaders read the frozen backbone's features (``feature_datasets``)."""
+                        world_size: int = 1, barrier=lambda: None, **loader_kw) -> Config:
+    """``train.cache_features``: ``data``'s loaders read the frozen backbone's features (``feature_datasets``).
+
+    Returns ``cfg``, with ``data.reverse_pairs=auto`` replaced by the pairs found (``find_reverse_pairs_from``).
+    """
     train_feats, val_feats, bad = feature_datasets(cfg, split, model, rank=rank, world_size=world_size,
                                                    barrier=barrier)
     data.failures.add(bad)
+    if cfg.data.reverse_pairs == "auto":
+        cfg = find_reverse_pairs_from(cfg, train_feats, model, list(split.classes))
+        train_feats.reversal = reversal_from(cfg, split.classes)
     # In-memory tensors: worker processes would only add overhead.
     data.train_loader, data.val_loader = train_val_loaders(cfg, train_feats, val_feats, rank=rank,
                                                            world_size=world_size, num_workers=0, **loader_kw)
+    return cfg
+
+
+def find_reverse_pairs_from(cfg: Config, train_feats, model, classes: list[str]) -> Config:
+    """``data.reverse_pairs=auto``: the twins read off the cached training features (every view,
+    forwards and backwards, through ``model.order_summary``; ``data.reversal.find_reverse_pairs``),
+    logged with their scores. Returns ``cfg`` with the pairs found in place of ``auto`` (none: ``[]``)."""
+    import torch
+
+    from actionrec.data.reversal import find_reverse_pairs
+
+    fwd, bwd = [], []
+    for views, _, _ in train_feats.items:
+        clips = torch.stack([v[0] for v in views])  # (V, T, D): a video's cached views
+        fwd.append(model.order_summary(clips))
+        bwd.append(model.order_summary(clips.flip(1)))
+    found, score = find_reverse_pairs(torch.stack(fwd), torch.stack(bwd), train_feats.labels, len(classes))
+    chosen, n = {(a, b) for a, b, _ in found}, len(classes)
+    others = sorted(((float(score[a, b]), a, b) for a in range(n) for b in range(a + 1, n) if (a, b) not in chosen),
+                    reverse=True)
+    text = ", ".join(f"{classes[a]}/{classes[b]} ({s:.2f})" for a, b, s in found) or "no time-reversed twins"
+    ambiguous = [f"{classes[a]}/{classes[b]} ({s:.2f})" for s, a, b in others if s >= 0.5]
+    if ambiguous:
+        text += f"; left out, a class with a rival pair scoring 0.40 or more: {', '.join(ambiguous)}"
+    elif others:
+        text += f"; highest other pair {classes[others[0][1]]}/{classes[others[0][2]]} ({others[0][0]:.2f}, threshold 0.50)"
+    log.info("data.reverse_pairs=auto: %s", text)
+    return replace(cfg, data=replace(cfg.data, reverse_pairs=tuple((classes[a], classes[b]) for a, b, _ in found)))
 
 
 def scheduler_from(cfg: Config, optimizer, steps_per_epoch: int):

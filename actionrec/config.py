@@ -58,8 +58,10 @@ class DataConfig:
     balance: Literal["none", "sqrt", "inverse"] = "none"  # class-aware train sampling: weight count^-1/2 or count^-1
     # Classes that are each other's time reversal ([[Open, Close], ...]; [C, C]: C looks the same
     # backwards): train clips are played backwards with probability reverse_prob and take the
-    # twin's label (data/reversal.py). Names are checked against the dataset's classes.
-    reverse_pairs: tuple[tuple[str, str], ...] = ()
+    # twin's label (data/reversal.py). Names are checked against the dataset's classes. auto: found
+    # from the cached features before training (data.reversal.find_reverse_pairs; needs
+    # train.cache_features), and the run's config.yaml lists what was found.
+    reverse_pairs: Literal["auto"] | tuple[tuple[str, str], ...] = ()
     reverse_prob: float = 0.5
     color_jitter: float = 0.4
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -466,9 +468,10 @@ def _validate_data(d: DataConfig) -> None:
         _check(0 <= v <= 1, f"data.occlusion.{name}", v, "must be in [0, 1]")
     _check(d.num_workers >= 0, "data.num_workers", d.num_workers, "must be >= 0")
     _check(0 <= d.reverse_prob <= 1, "data.reverse_prob", d.reverse_prob, "must be in [0, 1]")
-    named = [c for pair in d.reverse_pairs for c in set(pair)]
-    _check(len(named) == len(set(named)), "data.reverse_pairs", [list(p) for p in d.reverse_pairs],
-           "a class may be in one pair only")
+    if d.reverse_pairs != "auto":  # auto: _validate_rest
+        named = [c for pair in d.reverse_pairs for c in set(pair)]
+        _check(len(named) == len(set(named)), "data.reverse_pairs", [list(p) for p in d.reverse_pairs],
+               "a class may be in one pair only")
     _check(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", d.max_bad_fraction, "must be in [0, 1]")
     _check(d.loader_timeout >= 0, "data.loader_timeout", d.loader_timeout, "must be >= 0 (0: no timeout)")
 
@@ -540,7 +543,9 @@ def _validate_train(t: TrainConfig, m: ModelConfig) -> None:
 
 
 def _validate_rest(cfg: Config) -> None:
-    """``logging``, ``eval`` and ``demo``."""
+    """``logging``, ``eval``, ``demo`` and rules across sections."""
+    _check(cfg.data.reverse_pairs != "auto" or cfg.train.cache_features, "data.reverse_pairs", "auto",
+           "needs train.cache_features=true (the twins are read off the cached features)")
     w = cfg.logging.wandb
     _check(w.log_videos_every >= 0, "logging.wandb.log_videos_every", w.log_videos_every, "must be >= 0 (0: never)")
     _check(bool(w.project.strip()), "logging.wandb.project", w.project, "must not be empty")

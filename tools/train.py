@@ -92,7 +92,7 @@ def build_run(cfg: Config, args: argparse.Namespace) -> Run:
         model = D.wrap_ddp(model, sync_bn=cfg.train.sync_bn)
     core = unwrap(model)
     if cfg.train.cache_features:
-        build.use_cached_features(cfg, data, split, core, barrier=D.barrier, **loader_kw)
+        cfg = build.use_cached_features(cfg, data, split, core, barrier=D.barrier, **loader_kw)  # auto reverse_pairs: found
     criterion = build.loss_from(cfg, data.train_ds.labels, data.classes).to(head_dev)
     optimizer = create_optimizer(core, cfg.optim.name, **build.optimizer_kwargs(cfg))
     steps_per_epoch = min(len(data.train_loader), cfg.train.max_steps_per_epoch or len(data.train_loader))

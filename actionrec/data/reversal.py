@@ -14,6 +14,7 @@ reversing its frames: the feature cache applies it to cached features at no cost
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -79,3 +80,70 @@ def reverse_pairs_to_indices(pairs: Sequence[Sequence[str]], class_names: Sequen
                                  f"(classes: {', '.join(class_names)})")
         out.append((index[pair[0]], index[pair[1]]))
     return out
+
+
+def find_reverse_pairs(forward: torch.Tensor, backward: torch.Tensor, labels: Sequence[int], num_classes: int, *,
+                       threshold: float = 0.5, rival: float = 0.4, folds: int = 5, steps: int = 300, seed: int = 0):
+    """Which classes are each other's time reversal (``data.reverse_pairs=auto``), read off clip summaries.
+
+    A linear probe learns 2C labels, "class a" and "class a played backwards", from order-aware
+    summaries of the training clips (``CNNLSTM.order_summary``), class-balanced, and is scored on
+    videos it did not see (``folds`` folds over videos). If a clip of a played backwards *is* a clip
+    of b, the probe cannot tell "a backwards" from "b" and splits the clips of both labels between
+    them in some proportion: S[a][b] = P(says b | a backwards) + P(says a backwards | b) is then
+    about 1, against about 0 for classes it can tell apart (a two-sample test by classifier). The
+    score of a pair is (S[a][b] + S[b][a]) / 2, and a pair is taken when its score is at least
+    ``threshold`` (0.5: halfway between the two) and neither class has another pair scoring
+    ``rival`` or more (ambiguous twins are left out). A class is never its own twin here: that
+    would teach a class to ignore its own direction on a guess.
+
+    Args:
+        forward, backward: (N, V, S) summaries of N training videos' V views, played forwards and backwards.
+        labels: the N videos' class indices.
+
+    Returns:
+        ([(a, b, score)] pairs found with a < b, best first; (C, C) score matrix).
+    """
+    n, v, _ = forward.shape
+    y = torch.as_tensor(list(labels), dtype=torch.long)
+    fold = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) % max(2, min(folds, n))
+    said = torch.zeros(2 * num_classes, 2 * num_classes, dtype=torch.float64)  # true label (a | C + a) x predicted
+    for k in fold.unique().tolist():
+        tr, te = fold != k, fold == k
+        x = torch.cat([forward[tr], backward[tr]]).flatten(0, 1).float()
+        t = torch.cat([y[tr], y[tr] + num_classes]).repeat_interleave(v)
+        mean, std = x.mean(0), x.std(0) + 1e-6
+        weight = 1.0 / torch.bincount(t, minlength=2 * num_classes).clamp_min(1).float()
+        w = torch.zeros(2 * num_classes, x.shape[1], requires_grad=True)  # convex: zeros are a fine start
+        bias = torch.zeros(2 * num_classes, requires_grad=True)
+        opt = torch.optim.AdamW([w, bias], lr=1e-2, weight_decay=1e-2)
+        xs = (x - mean) / std
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(xs @ w.T + bias, t, weight=weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            for feats, offset in ((forward[te], 0), (backward[te], num_classes)):
+                pred = (((feats.flatten(0, 1).float() - mean) / std) @ w.T + bias).argmax(1)
+                said.index_put_((y[te].repeat_interleave(v) + offset, pred), torch.ones(len(pred), dtype=torch.float64),
+                                accumulate=True)
+    p = said / said.sum(1, keepdim=True).clamp_min(1)
+    c = num_classes
+    s = p[c:, :c] + p[:c, c:].T  # s[a][b] = P(b | a backwards) + P(a backwards | b)
+    score = (s + s.T) / 2
+    return pairs_from_scores(score, threshold=threshold, rival=rival), score
+
+
+def pairs_from_scores(score: torch.Tensor, *, threshold: float = 0.5, rival: float = 0.4) -> list[tuple[int, int, float]]:
+    """Twins from a symmetric (C, C) pair score: (a, b, score) with a < b for every pair scoring
+    ``threshold`` or more whose classes have no other pair scoring ``rival`` or more, best first.
+
+    A class with a second near-twin (an object appearing, played backwards, is close to one leaving
+    the frame as well as to one vanishing) gets no twin: a wrong twin teaches the wrong label.
+    """
+    c = score.shape[0]
+    near = Counter(x for a in range(c) for b in range(a + 1, c) if score[a, b] >= rival for x in (a, b))
+    pairs = [(a, b, float(score[a, b])) for a in range(c) for b in range(a + 1, c)
+             if score[a, b] >= threshold and near[a] == near[b] == 1]
+    return sorted(pairs, key=lambda p: -p[2])

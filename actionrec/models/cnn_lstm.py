@@ -345,6 +345,22 @@ class CNNLSTM(nn.Module):
             extra = self.contrast(feats[..., -self.contrast_channels :], valid_mask(lengths, b, t, feats.device))
             return self.head(head_in, lengths, extra)
 
+    @torch.no_grad()
+    def order_summary(self, feats: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) features -> (B, S) parameter-free clip summaries that change when the clip is
+        played backwards (``data.reverse_pairs=auto`` compares clips and reversed clips with them):
+        the time mean of the motion correlation (motion models) and the change of the stride-16
+        means (contrast models; else of the appearance features) from the first quarter of the
+        clip to the last."""
+        feats = feats.float()
+        a, q = self.appearance_dim, max(1, feats.shape[1] // 4)
+        parts = []
+        if self.motion != "none" and feats.shape[1] > 1:
+            parts.append(self.motion_corr(feats[..., a : a + self.motion_dim])[:, :-1].mean(1))
+        state = feats[..., -self.contrast_channels :] if self.contrast is not None else feats[..., :a]
+        parts.append(state[:, -q:].mean(1) - state[:, :q].mean(1))
+        return torch.cat(parts, -1)
+
     def forward(self, clips: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, C, H, W) clips, or (B, T, D) backbone features (the frozen-backbone feature
         cache), -> (B, num_classes) logits."""

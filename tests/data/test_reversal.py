@@ -112,3 +112,89 @@ def test_feature_dataset_reverses_cached_features():
     # Validation items are never reversed.
     val = FeatureDataset(ds, [Cache(feats)], train=False, reversal=TimeReversal([(0, 1)], prob=1.0))
     assert all(val[i]["label"] == ds.labels[i] for i in range(40))
+
+
+def _summaries(counts, directions, views=2, dim=12, noise=0.6, seed=0):
+    """Order-aware summaries as a contrast gives them: a class with direction vector d reads d + noise
+    forwards and -d + noise backwards. Classes sharing a direction up to sign are twins."""
+    g = torch.Generator().manual_seed(seed)
+    fwd, bwd, labels = [], [], []
+    for c, n in enumerate(counts):
+        for _ in range(n):
+            fwd.append(directions[c] + noise * torch.randn(views, dim, generator=g))
+            bwd.append(-directions[c] + noise * torch.randn(views, dim, generator=g))
+            labels.append(c)
+    return torch.stack(fwd), torch.stack(bwd), labels
+
+
+def test_find_reverse_pairs_finds_twins_and_only_twins():
+    from actionrec.data.reversal import find_reverse_pairs
+
+    g = torch.Generator().manual_seed(1)
+    u, v, w = (torch.randn(12, generator=g) for _ in range(3))
+    # 0/1 and 3/4 are twins (1 is 0 backwards; 4 is 3 backwards), 2 has no twin; a long tail,
+    # the rare twin of a pair with 6 videos against 40.
+    fwd, bwd, labels = _summaries([40, 6, 25, 10, 30], [u, -u, v, w, -w])
+    pairs, score = find_reverse_pairs(fwd, bwd, labels, 5)
+    assert [(a, b) for a, b, _ in pairs] == [(0, 1), (3, 4)]
+    assert all(s >= 0.5 for _, _, s in pairs)
+    assert score.shape == (5, 5) and score[0, 2] < 0.2 and score[2, 3] < 0.2
+    # No twins at all (every class moves its own way): nothing is paired, not even the closest two.
+    fwd, bwd, labels = _summaries([30, 20, 10, 25], [u, v, w, u + v])
+    pairs, score = find_reverse_pairs(fwd, bwd, labels, 4)
+    assert pairs == [] and float(score.max()) < 0.5
+    # A class that looks the same both ways is not made anybody's twin (nor its own).
+    fwd, bwd, labels = _summaries([30, 30], [torch.zeros(12), u])
+    assert find_reverse_pairs(fwd, bwd, labels, 2)[0] == []
+
+
+def test_order_summary_is_motion_mean_and_signed_contrast():
+    from actionrec.models.factory import create_model
+
+    model = create_model("cnn_lstm", num_classes=3, backbone="test_resnet", pretrained=False, temporal="transformer",
+                         hidden_size=16, motion="only", motion_map=4, contrast=8, freeze_backbone=True).eval()
+    feats = torch.randn(2, 8, model.feature_dim)
+    out = model.order_summary(feats)
+    a, m = model.appearance_dim, model.motion_dim
+    motion = model.motion_corr(feats[..., a : a + m])[:, :-1].mean(1)
+    means = feats[..., -model.contrast_channels :]
+    torch.testing.assert_close(out, torch.cat([motion, means[:, 6:].mean(1) - means[:, :2].mean(1)], -1))
+    back = model.order_summary(feats.flip(1))
+    torch.testing.assert_close(back[:, motion.shape[1] :], -out[:, motion.shape[1] :])  # the contrast flips sign
+    assert not torch.allclose(back[:, : motion.shape[1]], out[:, : motion.shape[1]])  # motion runs the other way
+
+
+def test_auto_needs_the_feature_cache():
+    with pytest.raises(ConfigError, match=r"data.reverse_pairs='auto': needs train.cache_features=true"):
+        load_config(None, ["data.reverse_pairs=auto"])
+    cfg = load_config(None, ["data.reverse_pairs=auto", "train.cache_features=true", "model.freeze_backbone=true"])
+    assert cfg.data.reverse_pairs == "auto" and build.reversal_from(cfg, ["A", "B"]) is None
+
+
+def test_find_reverse_pairs_leaves_out_a_class_with_two_candidate_twins():
+    from actionrec.data.reversal import find_reverse_pairs
+
+    g = torch.Generator().manual_seed(2)
+    u, v = torch.randn(12, generator=g), torch.randn(12, generator=g)
+    # Class 0 backwards looks like class 1 and like class 2 alike (an appear played backwards is
+    # close to a vanish and to an exit): neither is taken. 3/4 stay a clean pair.
+    fwd, bwd, labels = _summaries([30, 20, 20, 25, 15], [u, -u, -u + 0.05 * v, v, -v], noise=0.8)
+    pairs, score = find_reverse_pairs(fwd, bwd, labels, 5)
+    assert score[0, 1] >= 0.5 and score[0, 2] >= 0.5
+    assert [(a, b) for a, b, _ in pairs] == [(3, 4)]
+
+
+def test_pairs_from_scores_takes_clear_pairs_only():
+    from actionrec.data.reversal import pairs_from_scores
+
+    s = torch.zeros(6, 6)
+    def put(a, b, v):
+        s[a, b] = s[b, a] = v
+    put(0, 1, 1.1)   # clear
+    put(2, 3, 0.51)  # above the threshold, but 3 has a rival at 0.44: left out
+    put(3, 4, 0.44)
+    put(4, 5, 0.30)  # below both bars: no effect
+    assert pairs_from_scores(s) == [(0, 1, pytest.approx(1.1))]
+    put(3, 4, 0.39)  # the rival falls under 0.4: 2/3 is taken, 4/5 is not (under 0.5)
+    assert [(a, b) for a, b, _ in pairs_from_scores(s)] == [(0, 1), (2, 3)]
+    assert pairs_from_scores(s, threshold=1.2) == []

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from actionrec.data.dataset import ClipSampling, VideoClipDataset
 from actionrec.data.loader import build_loader
 from actionrec.data.splits import load_split
-from actionrec.data.synthetic import generate_synthetic_dataset
+from actionrec.data.synthetic import TEMPORAL_PAIRS, generate_synthetic_dataset
 from actionrec.data.transforms import eval_transform
 from actionrec.engine.feature_cache import FeatureCache, FeatureDataset, extract_features
 from actionrec.engine.loop import train_one_epoch
@@ -196,9 +197,11 @@ def test_augmented_views_are_the_train_pipeline_and_epochs_cycle_through_them(ti
     assert again.key == caches[1].key and again.get(ds.paths[0]) is not None
 
 
-def test_train_tool_with_augmented_views_motion_and_transformer(tiny_root, tmp_path):
+@pytest.mark.parametrize("pairs", ["[[Grow, Shrink]]", "auto"])
+def test_train_tool_with_augmented_views_motion_and_transformer(tiny_root, tmp_path, pairs, capsys):
     """The cpu_pretrained recipe's path: K cached train views, motion features, the appearance
-    contrast, transformer head; the checkpoint then runs on raw clips (eval, demo) without the cache."""
+    contrast, transformer head, reverse pairs named or found; the checkpoint then runs on raw clips
+    (eval, demo) without the cache."""
     from tests.helpers import load_tool
 
     train_tool = load_tool("train")
@@ -206,13 +209,20 @@ def test_train_tool_with_augmented_views_motion_and_transformer(tiny_root, tmp_p
         f"data.root={tiny_root}", f"data.cache_dir={tmp_path / 'cache'}", "data.clip_len=4", "data.resize_short=40",
         "data.crop_size=32", "data.num_workers=0", "model.backbone=test_resnet", "model.hidden_size=16",
         "model.freeze_backbone=true", "model.temporal=transformer", "model.motion=only", "model.motion_map=4",
-        "model.contrast=8", "data.reverse_pairs=[[Grow, Shrink]]", "train.cache_features=true", "train.cache_views=3",
+        "model.contrast=8", f"data.reverse_pairs={pairs}", "train.cache_features=true", "train.cache_views=3",
         "train.batch_size=4", "train.epochs=2",
         "train.device=cpu", "train.cpu_threads=1", "logging.wandb.mode=disabled", f"train.output_dir={tmp_path / 'runs'}",
         "train.name=views",
     ]
     result = train_tool.main(train_tool.parse_args(["--config", str(REPO / "configs" / "quickstart.yaml"), *overrides]))
     split = load_split(tiny_root, split=1)
+    # The run's config records the pairs it trained with: auto is replaced by what was found.
+    saved = yaml.safe_load((Path(result["run_dir"]) / "config.yaml").read_text())["data"]["reverse_pairs"]
+    if pairs == "auto":
+        assert "data.reverse_pairs=auto: " in capsys.readouterr().err
+        assert isinstance(saved, list) and all(sorted(p) in ([sorted(t) for t in TEMPORAL_PAIRS]) for p in saved)
+    else:
+        assert saved == [["Grow", "Shrink"]]
     keys = sorted((tmp_path / "cache" / "features").glob("*/key.json"))
     assert len(keys) == 4  # three train views and the val clips
     views = sorted(json.loads(k.read_text()).get("view", [None])[-1] or 0 for k in keys)

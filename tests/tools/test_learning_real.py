@@ -7,8 +7,9 @@ it, changing only ``data.root`` and ``model.pretrained`` (plus where it writes),
 from its LAST checkpoint on the balanced test split. The frame-averaging baseline
 (``model.temporal=none``) trains on the same cached features.
 
-Assertions are what the recipe reaches here with margin (README, "Real footage on a CPU"), not
-issue 12's 0.85 target, which it does not reach yet.
+The recipe finds the time-reversed twin classes itself (``data.reverse_pairs=auto``); the test
+checks which it found. Assertions are what the recipe reaches here with margin (README, "Real
+footage on a CPU"), not issue 12's 0.85 target, which it does not reach on every set.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from actionrec.data.real_footage import REAL_PAIRS, ensure_real_footage_dataset
 from tests.helpers import REPO, load_tool
@@ -47,24 +49,37 @@ def runs(tmp_path_factory, train_tool):
               f"model.pretrained={weights}", f"data.cache_dir={out / 'cache'}", f"train.output_dir={out / 'runs'}",
               "logging.wandb.mode=disabled"]
     results = {}
-    baseline = ["model.temporal=none", "model.motion=none", "model.contrast=0", "train.cache_views=1"]
+    baseline = ["model.temporal=none", "model.motion=none", "model.contrast=0", "train.cache_views=1",
+                "data.reverse_pairs=[]"]
     for name, extra in (("recipe", []), ("baseline", baseline)):
         train_tool.main(train_tool.parse_args([*common, f"train.name={name}", *extra]))
         eval_tool.main(eval_tool.parse_args([str(out / "runs" / name / "last.pt"), "eval.num_clips=1",
                                              "--out", str(out / name)]))
         results[name] = json.loads((out / name / "metrics.json").read_text())
+        saved = yaml.safe_load((out / "runs" / name / "config.yaml").read_text())
+        results[name]["reverse_pairs"] = saved["data"]["reverse_pairs"]
     print(json.dumps({k: {"mean_class_acc": v["mean_class_acc"], "per_class": v["per_class_acc"],
+                          "reverse_pairs": v["reverse_pairs"],
                           "pairs": {f"{a}/{b}": pair_accuracy(v, (a, b)) for a, b in REAL_PAIRS[:4]}}
                       for k, v in results.items()}, indent=1))
     return results
 
 
+def test_recipe_finds_the_time_reversed_twins(runs):
+    # data.reverse_pairs=auto, from the cached features alone: only true twins, and at least the
+    # camera and motion pairs (Appear/Vanish scores about 0.50 here, at the threshold: README).
+    found = {tuple(sorted(p)) for p in runs["recipe"]["reverse_pairs"]}
+    truth = {tuple(sorted(p)) for p in REAL_PAIRS[:4]}
+    assert found <= truth and {("PanLeft", "PanRight"), ("ZoomIn", "ZoomOut"), ("Fall", "Rise")} <= found, found
+    assert runs["baseline"]["reverse_pairs"] == []
+
+
 def test_recipe_learns_temporal_order_on_real_footage(runs):
     rec = runs["recipe"]
     assert rec["num_videos"] == 96  # balanced: 8 classes x 12
-    assert rec["mean_class_acc"] >= 0.65, rec["per_class_acc"]
-    # Camera motion (pans and zooms) is what the motion features read best.
-    for pair in (("PanLeft", "PanRight"), ("ZoomIn", "ZoomOut")):
+    assert rec["mean_class_acc"] >= 0.78, rec["per_class_acc"]
+    # Motion (pans, zooms, rising and falling) is what the motion features read best.
+    for pair in (("PanLeft", "PanRight"), ("ZoomIn", "ZoomOut"), ("Rise", "Fall")):
         assert pair_accuracy(rec, pair) >= 0.80, (pair, rec["per_class_acc"])
 
 
