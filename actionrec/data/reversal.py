@@ -105,6 +105,8 @@ def find_reverse_pairs(forward: torch.Tensor, backward: torch.Tensor, labels: Se
         ([(a, b, score)] pairs found with a < b, best first; (C, C) score matrix).
     """
     n, v, _ = forward.shape
+    if n < 2:  # nothing to hold out
+        return [], torch.zeros(num_classes, num_classes, dtype=torch.float64)
     y = torch.as_tensor(list(labels), dtype=torch.long)
     fold = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) % max(2, min(folds, n))
     said = torch.zeros(2 * num_classes, 2 * num_classes, dtype=torch.float64)  # true label (a | C + a) x predicted

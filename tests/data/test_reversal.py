@@ -146,6 +146,7 @@ def test_find_reverse_pairs_finds_twins_and_only_twins():
     # A class that looks the same both ways is not made anybody's twin (nor its own).
     fwd, bwd, labels = _summaries([30, 30], [torch.zeros(12), u])
     assert find_reverse_pairs(fwd, bwd, labels, 2)[0] == []
+    assert find_reverse_pairs(fwd[:1], bwd[:1], labels[:1], 2)[0] == []  # one video: nothing to hold out
 
 
 def test_order_summary_is_motion_mean_and_signed_contrast():

@@ -77,7 +77,7 @@ def test_recipe_finds_the_time_reversed_twins(runs):
 def test_recipe_learns_temporal_order_on_real_footage(runs):
     rec = runs["recipe"]
     assert rec["num_videos"] == 96  # balanced: 8 classes x 12
-    assert rec["mean_class_acc"] >= 0.78, rec["per_class_acc"]
+    assert rec["mean_class_acc"] >= 0.75, rec["per_class_acc"]
     # Motion (pans, zooms, rising and falling) is what the motion features read best.
     for pair in (("PanLeft", "PanRight"), ("ZoomIn", "ZoomOut"), ("Rise", "Fall")):
         assert pair_accuracy(rec, pair) >= 0.80, (pair, rec["per_class_acc"])
