@@ -15,7 +15,7 @@ from typing import Any
 
 from actionrec.config import Config, DataConfig, ModelConfig
 from actionrec.data.dataset import DecodeFailures, VideoClipDataset, class_counts
-from actionrec.data.reversal import TimeReversal, reverse_pairs_to_indices
+from actionrec.data.reversal import RIVAL_SCORE, TWIN_SCORE, TimeReversal, find_reverse_pairs, reverse_pairs_to_indices
 from actionrec.data.loader import build_loader
 from actionrec.data.splits import DatasetSplit, load_split
 from actionrec.data.synthetic import ensure_synthetic_dataset
@@ -185,8 +185,6 @@ def find_reverse_pairs_from(cfg: Config, train_feats, model, classes: list[str])
     logged with their scores. Returns ``cfg`` with the pairs found in place of ``auto`` (none: ``[]``)."""
     import torch
 
-    from actionrec.data.reversal import find_reverse_pairs
-
     fwd, bwd = [], []
     for views, _, _ in train_feats.items:
         clips = torch.stack([v[0] for v in views])  # (V, T, D): a video's cached views
@@ -197,11 +195,12 @@ def find_reverse_pairs_from(cfg: Config, train_feats, model, classes: list[str])
     others = sorted(((float(score[a, b]), a, b) for a in range(n) for b in range(a + 1, n) if (a, b) not in chosen),
                     reverse=True)
     text = ", ".join(f"{classes[a]}/{classes[b]} ({s:.2f})" for a, b, s in found) or "no time-reversed twins"
-    ambiguous = [f"{classes[a]}/{classes[b]} ({s:.2f})" for s, a, b in others if s >= 0.5]
+    ambiguous = [f"{classes[a]}/{classes[b]} ({s:.2f})" for s, a, b in others if s >= TWIN_SCORE]
     if ambiguous:
-        text += f"; left out, a class with a rival pair scoring 0.40 or more: {', '.join(ambiguous)}"
+        text += f"; left out, a class with a rival pair scoring {RIVAL_SCORE:.2f} or more: {', '.join(ambiguous)}"
     elif others:
-        text += f"; highest other pair {classes[others[0][1]]}/{classes[others[0][2]]} ({others[0][0]:.2f}, threshold 0.50)"
+        s, a, b = others[0]
+        text += f"; highest other pair {classes[a]}/{classes[b]} ({s:.2f}, threshold {TWIN_SCORE:.2f})"
     log.info("data.reverse_pairs=auto: %s", text)
     return replace(cfg, data=replace(cfg.data, reverse_pairs=tuple((classes[a], classes[b]) for a, b, _ in found)))
 

@@ -22,6 +22,11 @@ import torch
 
 from actionrec.config import ConfigError
 
+# data.reverse_pairs=auto: a pair scoring TWIN_SCORE or more is taken unless one of its classes has
+# another pair scoring RIVAL_SCORE or more (find_reverse_pairs, pairs_from_scores).
+TWIN_SCORE = 0.5
+RIVAL_SCORE = 0.4
+
 
 class TimeReversal:
     """Reverse a training clip along time with probability ``prob`` and give it its twin's label.
@@ -83,7 +88,8 @@ def reverse_pairs_to_indices(pairs: Sequence[Sequence[str]], class_names: Sequen
 
 
 def find_reverse_pairs(forward: torch.Tensor, backward: torch.Tensor, labels: Sequence[int], num_classes: int, *,
-                       threshold: float = 0.5, rival: float = 0.4, folds: int = 5, steps: int = 300, seed: int = 0):
+                       threshold: float = TWIN_SCORE, rival: float = RIVAL_SCORE, folds: int = 5, steps: int = 300,
+                       seed: int = 0):
     """Which classes are each other's time reversal (``data.reverse_pairs=auto``), read off clip summaries.
 
     A linear probe learns 2C labels, "class a" and "class a played backwards", from order-aware
@@ -137,7 +143,8 @@ def find_reverse_pairs(forward: torch.Tensor, backward: torch.Tensor, labels: Se
     return pairs_from_scores(score, threshold=threshold, rival=rival), score
 
 
-def pairs_from_scores(score: torch.Tensor, *, threshold: float = 0.5, rival: float = 0.4) -> list[tuple[int, int, float]]:
+def pairs_from_scores(score: torch.Tensor, *, threshold: float = TWIN_SCORE,
+                      rival: float = RIVAL_SCORE) -> list[tuple[int, int, float]]:
     """Twins from a symmetric (C, C) pair score: (a, b, score) with a < b for every pair scoring
     ``threshold`` or more whose classes have no other pair scoring ``rival`` or more, best first.
 
