@@ -365,7 +365,7 @@ def feature_datasets(cfg: Config, split: DatasetSplit, model, *, rank: int = 0, 
                                  sampling=ds.sampling, backend=ds.backend, seek=ds.seek, precision=precision,
                                  view=(cfg.train.seed, v) if num_views > 1 else None,
                                  motion=(cfg.model.motion != "none") and cfg.model.motion_map,
-                                 contrast=cfg.model.contrast > 0)
+                                 contrast=cfg.model.contrast and cfg.model.contrast_grid)
             bad = extract_features(model, ds, cache, rank=rank, world_size=world_size, **kw)
             if world_size > 1:  # every rank's share is on disk; retrying what is still missing lists all failures
                 barrier()

@@ -108,6 +108,9 @@ class ModelConfig:
     # output (models.heads.TemporalContrast; 0: off). Separates time-reversed twins by what is there
     # before and after (appear vs vanish), which motion-only heads cannot see.
     contrast: int = 0
+    # 1: the contrast reads the stride-16 stage's channel means; N > 1: also that map in N x N cells,
+    # so a change in one part of the frame (an actor rising, popping up) is not averaged away.
+    contrast_grid: int = 1
     placement: PlacementConfig = field(default_factory=PlacementConfig)
 
 
@@ -485,6 +488,7 @@ def _validate_model(m: ModelConfig) -> None:
     _check(m.freeze_stages >= 0, "model.freeze_stages", m.freeze_stages, "must be >= 0")
     _check(2 <= m.motion_map <= 64, "model.motion_map", m.motion_map, "must be in [2, 64]")
     _check(0 <= m.contrast <= 4096, "model.contrast", m.contrast, "must be in [0, 4096]")
+    _check(1 <= m.contrast_grid <= 16, "model.contrast_grid", m.contrast_grid, "must be in [1, 16]")
     _check(not (m.contrast and m.temporal == "none"), "model.contrast", m.contrast,
            "needs model.temporal lstm or transformer (the frame-averaging baseline stays order-blind)")
     if m.temporal == "transformer":

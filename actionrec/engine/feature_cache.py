@@ -91,7 +91,8 @@ class FeatureCache:
         precision: how features are computed, e.g. "cpu:none" or "cuda:bf16".
         view: (seed, view number) of an augmented training view; None for deterministic clips.
         motion: ``model.motion_map`` when the features carry the motion map (0: they do not).
-        contrast: the features carry the stride-16 stage's channel means (``model.contrast``).
+        contrast: 0, or ``model.contrast_grid`` when the features carry the stride-16 stage's channel
+            means (1) and its cells (> 1) (``model.contrast``).
     """
 
     def __init__(
@@ -108,7 +109,7 @@ class FeatureCache:
         precision: str,
         view: tuple[int, int] | None = None,
         motion: int = 0,
-        contrast: bool = False,
+        contrast: int = 0,
     ):
         if dataclasses.is_dataclass(sampling):
             sampling = dataclasses.asdict(sampling)
@@ -126,6 +127,8 @@ class FeatureCache:
             self.parts["motion_map"] = int(motion)
         if contrast:  # features end with the stride-16 stage's channel means (model.contrast)
             self.parts["contrast_stage"] = 16
+            if int(contrast) > 1:  # and its N x N cells (model.contrast_grid); grid 1 keeps the key it always had
+                self.parts["contrast_grid"] = int(contrast)
         if view is not None:  # an augmented training view: (seed, view number) fixes its random draws
             self.parts["view"] = list(view)
         self.key = _digest(self.parts)[:20]
@@ -154,7 +157,9 @@ class FeatureCache:
 
     def put(self, path: str | os.PathLike, feats: torch.Tensor) -> None:
         key = self.entry_key(path)
-        feats = feats.detach().float().cpu().contiguous()
+        # clone: a row of the extraction batch shares the batch's storage, and torch.save writes a
+        # tensor's whole storage (every entry on disk was batch_size times its size).
+        feats = feats.detach().float().cpu().contiguous().clone()
         self._memory[key] = feats
         if self.dir is None:
             return

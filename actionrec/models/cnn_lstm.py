@@ -162,6 +162,10 @@ class CNNLSTM(nn.Module):
             that appears vs one that vanishes). Mid-level rather than the pooled features: on the
             real-footage set it separated those twins better (README). LSTM and transformer heads
             only: the frame-averaging baseline stays order-blind.
+        contrast_grid: 1: the contrast reads the stride-16 stage's channel means; N > 1: also that
+            map average-pooled to N x N cells (``grid_cells``), so a change in one part of the frame
+            (an actor rising, popping up in a corner) is not averaged away by the whole scene.
+            Each frame then carries C * (1 + N^2) values for it.
     """
 
     def __init__(
@@ -179,6 +183,7 @@ class CNNLSTM(nn.Module):
         motion: str = "none",
         motion_map: int = 10,
         contrast: int = 0,
+        contrast_grid: int = 1,
     ):
         super().__init__()
         if motion not in ("none", "add", "only"):
@@ -215,11 +220,15 @@ class CNNLSTM(nn.Module):
         if contrast < 0 or (contrast and temporal == "none"):
             raise ValueError(f"contrast={contrast}: must be >= 0, and needs an order-aware head (temporal lstm or "
                              "transformer): the frame-averaging baseline must stay order-blind")
-        self.contrast = None
+        if contrast_grid < 1:
+            raise ValueError(f"contrast_grid must be >= 1, got {contrast_grid}")
+        self.contrast, self.contrast_grid = None, contrast_grid
         if contrast:
             self.contrast_channels = self._hook_stage(16, "contrast")
-            self.feature_dim += self.contrast_channels
-            self.contrast = TemporalContrast(self.contrast_channels, contrast)
+            # The stride-16 part of each frame's features: channel means, then (grid > 1) the cells.
+            self.contrast_dim = self.contrast_channels * (1 + (contrast_grid**2 if contrast_grid > 1 else 0))
+            self.feature_dim += self.contrast_dim
+            self.contrast = TemporalContrast(self.contrast_dim, contrast)
         self.head = _temporal_head(temporal, head_in, num_classes, dict(head_kwargs or {}), extra_dim=contrast)
         self.num_classes = num_classes
         self.channels_last = channels_last
@@ -281,7 +290,7 @@ class CNNLSTM(nn.Module):
     def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) frames -> (N, D) features in one backbone call: the pooled features, then
         (with ``motion``) the flattened stride-8 map pooled to ``motion_map`` x ``motion_map``, then
-        (with ``contrast``) the stride-16 map's channel means."""
+        (with ``contrast``) the stride-16 map's channel means and (``contrast_grid`` > 1) its cells."""
         if self.motion == "none" and self.contrast is None:
             return self._pooled_features(frames)
         self._stage_out.clear()
@@ -295,8 +304,12 @@ class CNNLSTM(nn.Module):
                 maps = maps.permute(0, 3, 1, 2)
             parts.append(maps.flatten(1))
         if self.contrast is not None:
-            fmap = outs["contrast"]
-            parts.append(fmap.float().mean(dim=(1, 2) if _is_nhwc(fmap, self.contrast_channels) else (2, 3)))
+            fmap = outs["contrast"].float()
+            nhwc = _is_nhwc(fmap, self.contrast_channels)
+            parts.append(fmap.mean(dim=(1, 2) if nhwc else (2, 3)))
+            if self.contrast_grid > 1:
+                cells = grid_cells(fmap, self.contrast_grid, channels_last=nhwc)
+                parts.append((cells.permute(0, 3, 1, 2) if nhwc else cells).flatten(1))
         return torch.cat([p.to(parts[0].dtype) for p in parts], 1)
 
     def _pooled_features(self, frames: torch.Tensor) -> torch.Tensor:
@@ -334,7 +347,7 @@ class CNNLSTM(nn.Module):
         feats = feats.to(self.output_device, non_blocking=True).float()
         a = self.appearance_dim
         with torch.autocast(device_type=feats.device.type, enabled=False):
-            # Layout (frame_features): appearance | motion map (motion) | stride-16 means (contrast).
+            # Layout (frame_features): appearance | motion map (motion) | stride-16 means [+ cells] (contrast).
             head_in = feats[..., :a]
             if self.motion != "none":
                 motion = self.motion_corr(feats[..., a : a + self.motion_dim])
@@ -342,7 +355,7 @@ class CNNLSTM(nn.Module):
             if self.contrast is None:
                 return self.head(head_in, lengths)
             b, t = feats.shape[:2]
-            extra = self.contrast(feats[..., -self.contrast_channels :], valid_mask(lengths, b, t, feats.device))
+            extra = self.contrast(feats[..., -self.contrast_dim :], valid_mask(lengths, b, t, feats.device))
             return self.head(head_in, lengths, extra)
 
     @torch.no_grad()
@@ -350,14 +363,18 @@ class CNNLSTM(nn.Module):
         """(B, T, D) features -> (B, S) parameter-free clip summaries that change when the clip is
         played backwards (``data.reverse_pairs=auto`` compares clips and reversed clips with them):
         the time mean of the motion correlation (motion models) and the change of the stride-16
-        means (contrast models; else of the appearance features) from the first quarter of the
+        channel means (contrast models; else of the appearance features) from the first quarter of the
         clip to the last."""
         feats = feats.float()
         a, q = self.appearance_dim, max(1, feats.shape[1] // 4)
         parts = []
         if self.motion != "none" and feats.shape[1] > 1:
             parts.append(self.motion_corr(feats[..., a : a + self.motion_dim])[:, :-1].mean(1))
-        state = feats[..., -self.contrast_channels :] if self.contrast is not None else feats[..., :a]
+        if self.contrast is not None:  # the channel means (not the cells: what the twin bars were measured on)
+            d = feats.shape[-1] - self.contrast_dim
+            state = feats[..., d : d + self.contrast_channels]
+        else:
+            state = feats[..., :a]
         parts.append(state[:, -q:].mean(1) - state[:, :q].mean(1))
         return torch.cat(parts, -1)
 

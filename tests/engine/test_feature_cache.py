@@ -70,6 +70,11 @@ def test_cached_features_equal_fresh_and_are_reused_from_disk(tiny_root, tmp_pat
     entries = sorted(cache.dir.glob("*.pt"))
     assert len(entries) == len(ds)
     assert json.loads((cache.dir / "key.json").read_text())["backbone"] == "test_resnet"
+    # Each entry holds its own video's features only, not the extraction batch it was a row of
+    # (torch.save writes a tensor's whole storage): on disk, 2 clips x 4 frames x D floats plus
+    # the file's small overhead, not 4 videos' worth.
+    entry_bytes = 2 * 4 * model.feature_dim * 4
+    assert all(entry_bytes < e.stat().st_size < entry_bytes + 4096 for e in entries), [e.stat().st_size for e in entries]
     with torch.no_grad():
         for i in (0, 5, len(ds) - 1):
             fresh = model.clip_features(ds[i]["clip"])  # (V, T, D) from a one-video batch
@@ -197,10 +202,11 @@ def test_augmented_views_are_the_train_pipeline_and_epochs_cycle_through_them(ti
     assert again.key == caches[1].key and again.get(ds.paths[0]) is not None
 
 
-@pytest.mark.parametrize("pairs", ["[[Grow, Shrink]]", "auto"])
-def test_train_tool_with_augmented_views_motion_and_transformer(tiny_root, tmp_path, pairs, capsys):
+@pytest.mark.parametrize("pairs,grid", [("[[Grow, Shrink]]", 1), ("auto", 2)])
+def test_train_tool_with_augmented_views_motion_and_transformer(tiny_root, tmp_path, pairs, grid, capsys):
     """The cpu_pretrained recipe's path: K cached train views, motion features, the appearance
-    contrast, transformer head, reverse pairs named or found; the checkpoint then runs on raw clips
+    contrast (channel means, or with the recipe's contrast_grid=2 also their cells), transformer head,
+    reverse pairs named or found; the checkpoint then runs on raw clips
     (eval, demo) without the cache."""
     from tests.helpers import load_tool
 
@@ -209,7 +215,7 @@ def test_train_tool_with_augmented_views_motion_and_transformer(tiny_root, tmp_p
         f"data.root={tiny_root}", f"data.cache_dir={tmp_path / 'cache'}", "data.clip_len=4", "data.resize_short=40",
         "data.crop_size=32", "data.num_workers=0", "model.backbone=test_resnet", "model.hidden_size=16",
         "model.freeze_backbone=true", "model.temporal=transformer", "model.motion=only", "model.motion_map=4",
-        "model.contrast=8", f"data.reverse_pairs={pairs}", "train.cache_features=true", "train.cache_views=3",
+        "model.contrast=8", f"model.contrast_grid={grid}", f"data.reverse_pairs={pairs}", "train.cache_features=true", "train.cache_views=3",
         "train.batch_size=4", "train.epochs=2",
         "train.device=cpu", "train.cpu_threads=1", "logging.wandb.mode=disabled", f"train.output_dir={tmp_path / 'runs'}",
         "train.name=views",
@@ -228,6 +234,8 @@ def test_train_tool_with_augmented_views_motion_and_transformer(tiny_root, tmp_p
     views = sorted(json.loads(k.read_text()).get("view", [None])[-1] or 0 for k in keys)
     assert views == [0, 0, 1, 2] and all(json.loads(k.read_text())["motion_map"] == 4 for k in keys)
     assert all(json.loads(k.read_text())["contrast_stage"] == 16 for k in keys)
+    # Grid 1 keeps the key it always had (existing caches stay valid); grid 2 is a different entry.
+    assert all(json.loads(k.read_text()).get("contrast_grid") == (grid if grid > 1 else None) for k in keys)
     assert len(sorted((tmp_path / "cache" / "features").glob("*/*.pt"))) == 3 * len(split.train) + len(split.test)
     from actionrec.build import model_from_checkpoint
 

@@ -160,6 +160,42 @@ def test_contrast_lets_a_motion_only_model_see_appearance_order(temporal):
     assert all(p.grad is not None for p in model.contrast.parameters())
 
 
+def test_contrast_grid_adds_the_stride16_cells():
+    """model.contrast_grid=2: each frame carries the stride-16 map's channel means and then its 2 x 2
+    cells (adaptive average pooling, channel-major); the contrast reads both, and the parameter-free
+    order summary (data.reverse_pairs=auto) still reads the means only, as with grid 1."""
+    torch.manual_seed(0)
+    kw = dict(num_classes=3, backbone="test_resnet", temporal="transformer", motion="only", motion_map=4,
+              hidden_size=16, contrast=8)
+    one, two = (create_model("cnn_lstm", **kw, contrast_grid=g).eval() for g in (1, 2))
+    two.backbone.load_state_dict(one.backbone.state_dict())
+    c = one.contrast_channels
+    assert two.contrast_dim == 5 * c and two.feature_dim == one.feature_dim + 4 * c
+    assert two.contrast.proj[1].in_features == 5 * c
+    clips = torch.randn(2, 6, 3, 48, 48)
+    f1, f2 = one.clip_features(clips), two.clip_features(clips)
+    torch.testing.assert_close(f2[..., : one.feature_dim], f1)
+    stride16 = [f for f in two.backbone.feature_info if f["reduction"] == 16][-1]
+    maps = []
+    hook = two.backbone.get_submodule(stride16["module"]).register_forward_hook(lambda _m, _i, o: maps.append(o))
+    two.backbone(clips.flatten(0, 1))
+    hook.remove()
+    cells = torch.nn.functional.adaptive_avg_pool2d(maps[0], 2).flatten(1)
+    torch.testing.assert_close(f2[..., one.feature_dim :].flatten(0, 1), cells, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(two(clips), two(f2))
+    torch.testing.assert_close(two.order_summary(f2), one.order_summary(f1))
+    # The cells matter: changing only them over time changes the logits.
+    moved = f2.clone()
+    moved[:, 3:, -4 * c :] += 1.0
+    assert (two(moved) - two(f2)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="contrast_grid"):
+        create_model("cnn_lstm", **kw, contrast_grid=0)
+    from actionrec.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="model.contrast_grid"):
+        load_config(None, ["model.contrast_grid=0"])
+
+
 def test_contrast_refuses_the_frame_averaging_baseline():
     with pytest.raises(ValueError, match="order-blind"):
         create_model("cnn_lstm", num_classes=2, backbone="test_resnet", temporal="none", contrast=4)
@@ -170,13 +206,13 @@ def test_contrast_refuses_the_frame_averaging_baseline():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime")
-@pytest.mark.parametrize("contrast", [0, 8])
-def test_motion_transformer_model_exports_to_onnx(tmp_path, contrast):
+@pytest.mark.parametrize("contrast,contrast_grid", [(0, 1), (8, 1), (8, 2)])
+def test_motion_transformer_model_exports_to_onnx(tmp_path, contrast, contrast_grid):
     from actionrec.deploy.export import export_onnx, max_abs_diff_onnx
 
     torch.manual_seed(0)
     model = create_model("cnn_lstm", num_classes=4, backbone="test_resnet", temporal="transformer", motion="only",
-                         motion_map=4, hidden_size=16, contrast=contrast).eval()
+                         motion_map=4, hidden_size=16, contrast=contrast, contrast_grid=contrast_grid).eval()
     paths = export_onnx(model, tmp_path, clip_len=6, crop_size=48)
     diff = max_abs_diff_onnx(model, paths, clip_len=6, crop_size=48)
     assert max(diff.values()) < 1e-3, diff
