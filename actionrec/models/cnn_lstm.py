@@ -217,18 +217,7 @@ class CNNLSTM(nn.Module):
             self.feature_dim += self.motion_dim
             self.motion_corr = MotionCorrelation(channels, motion_map)
             head_in = self.motion_corr.out_dim + (self.appearance_dim if motion == "add" else 0)
-        if contrast < 0 or (contrast and temporal == "none"):
-            raise ValueError(f"contrast={contrast}: must be >= 0, and needs an order-aware head (temporal lstm or "
-                             "transformer): the frame-averaging baseline must stay order-blind")
-        if contrast_grid < 1:
-            raise ValueError(f"contrast_grid must be >= 1, got {contrast_grid}")
-        self.contrast, self.contrast_grid = None, contrast_grid
-        if contrast:
-            self.contrast_channels = self._hook_stage(16, "contrast")
-            # The stride-16 part of each frame's features: channel means, then (grid > 1) the cells.
-            self.contrast_dim = self.contrast_channels * (1 + (contrast_grid**2 if contrast_grid > 1 else 0))
-            self.feature_dim += self.contrast_dim
-            self.contrast = TemporalContrast(self.contrast_dim, contrast)
+        self._build_contrast(contrast, contrast_grid, temporal)
         self.head = _temporal_head(temporal, head_in, num_classes, dict(head_kwargs or {}), extra_dim=contrast)
         self.num_classes = num_classes
         self.channels_last = channels_last
@@ -249,6 +238,21 @@ class CNNLSTM(nn.Module):
             self.backbone.to(memory_format=torch.channels_last)
         self.cnn_device: torch.device | None = None
         self.head_device: torch.device | None = None
+
+    def _build_contrast(self, contrast: int, contrast_grid: int, temporal: str) -> None:
+        """The ``contrast`` branch (see the class docstring): hook the stride-16 stage, widen the features."""
+        if contrast < 0 or (contrast and temporal == "none"):
+            raise ValueError(f"contrast={contrast}: must be >= 0, and needs an order-aware head (temporal lstm or "
+                             "transformer): the frame-averaging baseline must stay order-blind")
+        if contrast_grid < 1:
+            raise ValueError(f"contrast_grid must be >= 1, got {contrast_grid}")
+        self.contrast, self.contrast_grid = None, contrast_grid
+        if contrast:
+            self.contrast_channels = self._hook_stage(16, "contrast")
+            # The stride-16 part of each frame's features: channel means, then (grid > 1) the cells.
+            self.contrast_dim = self.contrast_channels * (1 + (contrast_grid**2 if contrast_grid > 1 else 0))
+            self.feature_dim += self.contrast_dim
+            self.contrast = TemporalContrast(self.contrast_dim, contrast)
 
     def _hook_stage(self, stride: int, option: str) -> int:
         """Catch the output of the deepest backbone stage with output stride <= ``stride`` (timm's
