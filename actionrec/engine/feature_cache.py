@@ -157,9 +157,9 @@ class FeatureCache:
 
     def put(self, path: str | os.PathLike, feats: torch.Tensor) -> None:
         key = self.entry_key(path)
-        # clone: a row of the extraction batch shares the batch's storage, and torch.save writes a
+        # A compact copy: a row of the extraction batch shares the batch's storage, and torch.save writes a
         # tensor's whole storage (every entry on disk was batch_size times its size).
-        feats = feats.detach().float().cpu().contiguous().clone()
+        feats = feats.detach().float().cpu().clone(memory_format=torch.contiguous_format)
         self._memory[key] = feats
         if self.dir is None:
             return
