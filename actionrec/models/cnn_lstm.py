@@ -375,8 +375,7 @@ class CNNLSTM(nn.Module):
         if self.motion != "none" and feats.shape[1] > 1:
             parts.append(self.motion_corr(feats[..., a : a + self.motion_dim])[:, :-1].mean(1))
         if self.contrast is not None:  # the channel means (not the cells: what the twin bars were measured on)
-            d = feats.shape[-1] - self.contrast_dim
-            state = feats[..., d : d + self.contrast_channels]
+            state = feats[..., -self.contrast_dim :][..., : self.contrast_channels]
         else:
             state = feats[..., :a]
         parts.append(state[:, -q:].mean(1) - state[:, :q].mean(1))
