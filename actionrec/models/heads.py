@@ -254,19 +254,35 @@ class MotionCorrelation(nn.Module):
         super().__init__()
         self.channels, self.size, self.radius, self.grid = channels, size, radius, grid
         self.out_dim = (2 * radius + 1) ** 2 * grid**2
+        # Where each (position, displacement) pair lies in the all-pairs similarity matrix of two
+        # frames, flattened, and whether the displaced position is inside the map (else 0, as zero
+        # padding gives). Derived, not learned: kept out of the state dict.
+        p = size * size
+        ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+        index, inside = [], []
+        for dy in range(-radius, radius + 1):
+            for dx in range(-radius, radius + 1):
+                yy, xx = ys + dy, xs + dx
+                ok = (yy >= 0) & (yy < size) & (xx >= 0) & (xx < size)
+                index.append(torch.arange(p) * p + torch.where(ok, yy * size + xx, 0).flatten())
+                inside.append(ok.flatten().float())
+        self.register_buffer("_index", torch.stack(index).flatten(), persistent=False)  # (D2 * P,)
+        self.register_buffer("_inside", torch.stack(inside).flatten(), persistent=False)
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         from actionrec.models.cnn_lstm import grid_cells
 
         b, t, _ = maps.shape
-        s, r = self.size, self.radius
-        m = nn.functional.normalize(maps.reshape(b, t, self.channels, s, s), dim=2)
+        s, d2 = self.size, (2 * self.radius + 1) ** 2
         if t < 2:
             return maps.new_zeros(b, t, self.out_dim)
-        cur = m[:, :-1].reshape(b * (t - 1), self.channels, s, s)
-        nxt = nn.functional.pad(m[:, 1:].reshape(b * (t - 1), self.channels, s, s), (r, r, r, r))
-        vol = torch.stack([(cur * nxt[:, :, dy : dy + s, dx : dx + s]).sum(1)
-                           for dy in range(2 * r + 1) for dx in range(2 * r + 1)], 1)  # (B*(T-1), D2, s, s)
+        m = nn.functional.normalize(maps.reshape(b, t, self.channels, s * s), dim=2)
+        cur = m[:, :-1].reshape(b * (t - 1), self.channels, s * s)
+        nxt = m[:, 1:].reshape(b * (t - 1), self.channels, s * s)
+        # All position pairs in one batched matrix product, then the (2 radius + 1)^2 displacements
+        # picked out of it: 2x faster on a CPU than one multiply-and-sum per displacement, and the same.
+        pairs = torch.bmm(cur.transpose(1, 2), nxt).reshape(b * (t - 1), s**4)
+        vol = (pairs.index_select(1, self._index) * self._inside).view(b * (t - 1), d2, s, s)
         vol = grid_cells(vol, self.grid).reshape(b, t - 1, self.out_dim)
         return torch.cat([vol, vol.new_zeros(b, 1, self.out_dim)], 1)
 

@@ -42,6 +42,24 @@ def test_correlation_peaks_at_the_displacement_and_flips_when_reversed():
     assert 0.6 < float(vol[0, 0].max()) <= 1.0 + 1e-5
 
 
+@pytest.mark.parametrize("channels,size,radius,grid", [(32, 14, 2, 3), (8, 5, 3, 2), (4, 3, 1, 1)])
+def test_correlation_equals_one_product_per_displacement(channels, size, radius, grid):
+    """The batched all-pairs product gives what the definition says: for each displacement, the
+    channel dot product of frame t with frame t+1 shifted by it, zero-padded at the borders."""
+    torch.manual_seed(0)
+    maps = torch.randn(3, 5, channels * size * size)
+    m = torch.nn.functional.normalize(maps.view(3, 5, channels, size, size), dim=2)
+    cur = m[:, :-1].flatten(0, 1)
+    nxt = torch.nn.functional.pad(m[:, 1:].flatten(0, 1), (radius,) * 4)
+    k = 2 * radius + 1
+    vol = torch.stack([(cur * nxt[:, :, dy : dy + size, dx : dx + size]).sum(1) for dy in range(k) for dx in range(k)], 1)
+    expected = torch.nn.functional.adaptive_avg_pool2d(vol, grid).view(3, 4, -1)
+    out = MotionCorrelation(channels, size, radius=radius, grid=grid)(maps)
+    torch.testing.assert_close(out[:, :-1], expected, rtol=1e-5, atol=1e-6)
+    assert torch.all(out[:, -1] == 0)
+    assert not MotionCorrelation(channels, size).state_dict()  # derived indices stay out of checkpoints
+
+
 def test_transformer_head_masks_padding_and_trains():
     torch.manual_seed(0)
     head = TransformerHead(10, 3, hidden_size=16, num_layers=2, pooling="mean", dropout=0.0).eval()
