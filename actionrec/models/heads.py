@@ -280,7 +280,8 @@ class MotionCorrelation(nn.Module):
         cur = m[:, :-1].reshape(b * (t - 1), self.channels, s * s)
         nxt = m[:, 1:].reshape(b * (t - 1), self.channels, s * s)
         # All position pairs in one batched matrix product, then the (2 radius + 1)^2 displacements
-        # picked out of it: 2x faster on a CPU than one multiply-and-sum per displacement, and the same.
+        # picked out of it: the same values as one multiply-and-sum per displacement, 1.5x faster on one
+        # thread and 2.6x on two (2-core Xeon; tools/benchmark.py train-step, docs/benchmarks.md).
         pairs = torch.bmm(cur.transpose(1, 2), nxt).reshape(b * (t - 1), s**4)
         vol = (pairs.index_select(1, self._index) * self._inside).view(b * (t - 1), d2, s, s)
         vol = grid_cells(vol, self.grid).reshape(b, t - 1, self.out_dim)
