@@ -277,10 +277,11 @@ class CNNLSTM(nn.Module):
         return self
 
     def place(self, cnn_device: torch.device | str, head_device: torch.device | str) -> "CNNLSTM":
-        """Model-parallel placement: backbone on ``cnn_device``, head on ``head_device``."""
+        """Model-parallel placement: backbone on ``cnn_device``; everything ``forward_head`` runs (the
+        temporal head, the contrast branch, the motion correlation's index buffers) on ``head_device``."""
         self.cnn_device, self.head_device = torch.device(cnn_device), torch.device(head_device)
-        self.backbone.to(self.cnn_device)
-        self.head.to(self.head_device)
+        for name, child in self.named_children():
+            child.to(self.cnn_device if name == "backbone" else self.head_device)
         return self
 
     @property

@@ -140,6 +140,35 @@ def test_model_parallel_placement_same_outputs_and_grads():
     assert isinstance(b, CNNLSTM) and b.output_device == torch.device("cpu")
 
 
+def test_placement_puts_everything_the_head_runs_on_the_head_device():
+    """The contrast branch and the motion correlation's buffers run in forward_head, on the head's
+    device: left behind on the default device they failed on a GPU (tensors on two devices)."""
+    model = create_model("cnn_lstm", num_classes=3, backbone="test_resnet", temporal="transformer", motion="only",
+                         motion_map=6, contrast=8, contrast_grid=2, hidden_size=16)
+    model.place("cpu", "meta")  # a second device on any machine
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    assert {n.split(".")[0] for n, _ in tensors} >= {"backbone", "head", "contrast", "motion_corr"}
+    for name, t in tensors:
+        assert t.device.type == ("cpu" if name.startswith("backbone.") else "meta"), name
+    assert model.output_device == torch.device("meta") and model.input_device == torch.device("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_motion_contrast_model_on_gpu_matches_cpu():
+    torch.manual_seed(0)
+    kw = dict(num_classes=3, backbone="test_resnet", temporal="transformer", motion="only", motion_map=6, contrast=8,
+              contrast_grid=2, hidden_size=16)
+    cpu = create_model("cnn_lstm", **kw).eval()
+    gpu = create_model("cnn_lstm", **kw).eval()
+    gpu.load_state_dict(cpu.state_dict())
+    gpu.place("cuda", "cuda")
+    clips = torch.randn(2, 5, 3, 48, 48)
+    with torch.no_grad():
+        expected = cpu(clips)
+        torch.testing.assert_close(gpu(clips).cpu(), expected, rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(gpu(cpu.clip_features(clips)).cpu(), expected, rtol=1e-3, atol=1e-3)
+
+
 def test_feature_dim_follows_pre_logits_width_and_forward_takes_features():
     # MobileNetV3 adds a 576 -> 1024 pre-logits layer after pooling; num_features alone is 576.
     torch.manual_seed(0)
