@@ -188,8 +188,8 @@ def find_reverse_pairs_from(cfg: Config, train_feats, model, classes: list[str])
     fwd, bwd = [], []
     for views, _, _ in train_feats.items:
         clips = torch.stack([v[0] for v in views])  # (V, T, D): a video's cached views
-        fwd.append(model.order_summary(clips))
-        bwd.append(model.order_summary(clips.flip(1)))
+        fwd.append(model.order_summary(clips).cpu())
+        bwd.append(model.order_summary(clips.flip(1)).cpu())
     found, score = find_reverse_pairs(torch.stack(fwd), torch.stack(bwd), train_feats.labels, len(classes))
     chosen, n = {(a, b) for a, b, _ in found}, len(classes)
     others = sorted(((float(score[a, b]), a, b) for a in range(n) for b in range(a + 1, n) if (a, b) not in chosen),

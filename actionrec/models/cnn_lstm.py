@@ -369,8 +369,8 @@ class CNNLSTM(nn.Module):
         played backwards (``data.reverse_pairs=auto`` compares clips and reversed clips with them):
         the time mean of the motion correlation (motion models) and the change of the stride-16
         channel means (contrast models; else of the appearance features) from the first quarter of the
-        clip to the last."""
-        feats = feats.float()
+        clip to the last. On the head's device, like ``forward_head``."""
+        feats = feats.to(self.output_device).float()
         a, q = self.appearance_dim, max(1, feats.shape[1] // 4)
         parts = []
         if self.motion != "none" and feats.shape[1] > 1:

@@ -151,6 +151,9 @@ def test_placement_puts_everything_the_head_runs_on_the_head_device():
     for name, t in tensors:
         assert t.device.type == ("cpu" if name.startswith("backbone.") else "meta"), name
     assert model.output_device == torch.device("meta") and model.input_device == torch.device("cpu")
+    # data.reverse_pairs=auto summarises cached features, which come from the CPU (forward_head:
+    # the GPU test below; autocast has no meta device).
+    assert model.order_summary(torch.randn(2, 5, model.feature_dim)).device.type == "meta"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -166,7 +169,9 @@ def test_motion_contrast_model_on_gpu_matches_cpu():
     with torch.no_grad():
         expected = cpu(clips)
         torch.testing.assert_close(gpu(clips).cpu(), expected, rtol=1e-3, atol=1e-3)
-        torch.testing.assert_close(gpu(cpu.clip_features(clips)).cpu(), expected, rtol=1e-3, atol=1e-3)
+        feats = cpu.clip_features(clips)
+        torch.testing.assert_close(gpu(feats).cpu(), expected, rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(gpu.order_summary(feats).cpu(), cpu.order_summary(feats), rtol=1e-3, atol=1e-3)
 
 
 def test_feature_dim_follows_pre_logits_width_and_forward_takes_features():
