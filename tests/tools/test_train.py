@@ -88,10 +88,16 @@ def test_balanced_sampling_plateau_schedule_and_best_by_loss(tiny_dataset, tmp_p
         return loader
 
     monkeypatch.setattr(build, "build_loader", recording_build_loader)  # the train loaders are built there
+    threads = []  # (train.cpu_threads, cores left to workers) of every thread choice; torch's count untouched
+    monkeypatch.setattr(train_tool.D, "set_cpu_threads",
+                        lambda requested, *, num_workers: threads.append((requested, num_workers)) or torch.get_num_threads())
     out = train_tool.main(train_tool.parse_args([
         *tiny_overrides(tiny_dataset, tmp_path), "train.name=balanced", "train.epochs=3", "train.max_steps_per_epoch=2",
         "data.balance=inverse", "optim.scheduler=plateau", "optim.warmup_epochs=0", "optim.plateau_patience=0",
-        "train.best_metric=loss", "model.freeze_backbone=true", "train.cache_features=true"]))
+        "train.best_metric=loss", "model.freeze_backbone=true", "train.cache_features=true", "train.cpu_threads=0",
+        "data.num_workers=1"]))
+    # Decode workers get their core while the cache is filled; the head epochs then read it in-process.
+    assert threads == [(0, 1), (0, 0)]
     assert len(samplers) == 2 and all(isinstance(s, BalancedDistributedSampler) for s in samplers)
     run = tmp_path / "balanced"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
