@@ -429,43 +429,27 @@ def bench_feature_cache(*, backbone: str, batch: int, clip_len: int, size: int, 
     return interleaved(variants, repeats=repeats).rows("feature-cache", "clips/s", baseline=base)
 
 
-def motion_correlation_by_definition(maps: torch.Tensor, corr: nn.Module) -> torch.Tensor:
-    """``MotionCorrelation``'s output computed as its docstring defines it: one channel dot product
-    per displacement (shifted, zero-padded next frame), the implementation it replaced."""
-    from actionrec.models.cnn_lstm import grid_cells
-
-    b, t, _ = maps.shape
-    c, s, r = corr.channels, corr.size, corr.radius
-    m = nn.functional.normalize(maps.reshape(b, t, c, s, s), dim=2)
-    cur = m[:, :-1].reshape(b * (t - 1), c, s, s)
-    nxt = nn.functional.pad(m[:, 1:].reshape(b * (t - 1), c, s, s), (r, r, r, r))
-    vol = torch.stack([(cur * nxt[:, :, dy : dy + s, dx : dx + s]).sum(1)
-                       for dy in range(2 * r + 1) for dx in range(2 * r + 1)], 1)
-    vol = grid_cells(vol, corr.grid).reshape(b, t - 1, corr.out_dim)
-    return torch.cat([vol, vol.new_zeros(b, 1, corr.out_dim)], 1)
-
-
 def bench_motion_correlation(*, batch: int, clip_len: int, channels: int, size: int, repeats: int) -> list[Row]:
     """``model.motion``'s correlation at the real-footage recipe's shapes (mobilenet_v2's stride-8
     map of a 112 px crop: 32 x 14 x 14), computed in every head step on cached features: the
-    batched all-pairs product vs one multiply-and-sum per displacement."""
+    batched all-pairs product vs one multiply-and-sum per displacement (``MotionCorrelation.all_pairs``)."""
     from actionrec.models.heads import MotionCorrelation
 
     torch.manual_seed(0)
-    corr = MotionCorrelation(channels, size)
+    corr, by_shift = MotionCorrelation(channels, size), MotionCorrelation(channels, size)
+    corr.all_pairs, by_shift.all_pairs = True, False
     maps = torch.randn(batch, clip_len, channels * size * size)
-    torch.testing.assert_close(corr(maps), motion_correlation_by_definition(maps, corr), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(corr(maps), by_shift(maps), rtol=1e-4, atol=1e-5)
 
-    def run(fn: Callable[[], torch.Tensor]) -> Callable[[], int]:
+    def run(module: nn.Module) -> Callable[[], int]:
         def one() -> int:
             with torch.no_grad():
-                fn()
+                module(maps)
             return batch
         return one
 
     base = "one product per displacement"
-    variants = {base: run(lambda: motion_correlation_by_definition(maps, corr)),
-                "MotionCorrelation: all pairs in one batched product": run(lambda: corr(maps))}
+    variants = {base: run(by_shift), "all pairs in one batched product": run(corr)}
     return interleaved(variants, repeats=max(3, repeats)).rows("motion-correlation", "clips/s", baseline=base)
 
 

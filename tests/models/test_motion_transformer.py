@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from actionrec.models.factory import create_model
-from actionrec.models.heads import LSTMHead, MotionCorrelation, TemporalContrast, TransformerHead
+from actionrec.models.heads import ALL_PAIRS_MAX_SIZE, LSTMHead, MotionCorrelation, TemporalContrast, TransformerHead
 
 
 @pytest.fixture(autouse=True)
@@ -42,8 +42,9 @@ def test_correlation_peaks_at_the_displacement_and_flips_when_reversed():
     assert 0.6 < float(vol[0, 0].max()) <= 1.0 + 1e-5
 
 
+@pytest.mark.parametrize("all_pairs", [True, False])
 @pytest.mark.parametrize("channels,size,radius,grid", [(32, 14, 2, 3), (8, 5, 3, 2), (4, 3, 1, 1)])
-def test_correlation_equals_one_product_per_displacement(channels, size, radius, grid):
+def test_correlation_equals_one_product_per_displacement(channels, size, radius, grid, all_pairs):
     """The batched all-pairs product gives what the definition says: for each displacement, the
     channel dot product of frame t with frame t+1 shifted by it, zero-padded at the borders."""
     torch.manual_seed(0)
@@ -54,10 +55,14 @@ def test_correlation_equals_one_product_per_displacement(channels, size, radius,
     k = 2 * radius + 1
     vol = torch.stack([(cur * nxt[:, :, dy : dy + size, dx : dx + size]).sum(1) for dy in range(k) for dx in range(k)], 1)
     expected = torch.nn.functional.adaptive_avg_pool2d(vol, grid).view(3, 4, -1)
-    out = MotionCorrelation(channels, size, radius=radius, grid=grid)(maps)
+    corr = MotionCorrelation(channels, size, radius=radius, grid=grid)
+    assert corr.all_pairs  # the default up to ALL_PAIRS_MAX_SIZE
+    corr.all_pairs = all_pairs
+    out = corr(maps)
     torch.testing.assert_close(out[:, :-1], expected, rtol=1e-5, atol=1e-6)
     assert torch.all(out[:, -1] == 0)
-    assert not MotionCorrelation(channels, size).state_dict()  # derived indices stay out of checkpoints
+    assert not corr.state_dict()  # derived indices stay out of checkpoints
+    assert not MotionCorrelation(channels, ALL_PAIRS_MAX_SIZE + 1).all_pairs  # side^4 pairs: too many above it
 
 
 def test_transformer_head_masks_padding_and_trains():
