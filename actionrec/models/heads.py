@@ -253,7 +253,7 @@ class MotionCorrelation(nn.Module):
     way, a zoom spreads them, an actor moves a few): motion that a frozen, image-trained backbone's
     pooled features do not carry. The volume is averaged over a ``grid`` x ``grid`` layout of the
     map and flattened; the last step gets zeros. Parameter-free and exportable (a batched matrix
-product and an index, or pads and slices for maps over ``ALL_PAIRS_MAX_SIZE``).
+    product and an index, or pads and slices for maps over ``ALL_PAIRS_MAX_SIZE``).
 
     Input (B, T, C * size * size) flattened maps; output (B, T, (2 radius + 1)^2 * grid^2).
     """
@@ -303,7 +303,7 @@ product and an index, or pads and slices for maps over ``ALL_PAIRS_MAX_SIZE``).
         """The same as ``_all_pairs`` by the definition: one channel dot product per displacement
         with the next frame shifted and zero-padded."""
         n, c, s, r = cur.shape[0], self.channels, self.size, self.radius
-        cur = cur.view(n, c, s, s)
+        cur = cur.reshape(n, c, s, s)
         nxt = nn.functional.pad(nxt.reshape(n, c, s, s), (r, r, r, r))
         return torch.stack([(cur * nxt[:, :, dy : dy + s, dx : dx + s]).sum(1)
                             for dy in range(2 * r + 1) for dx in range(2 * r + 1)], 1)
