@@ -155,6 +155,7 @@ class CNNLSTM(nn.Module):
             pooled features), so frames stay independent for the feature cache, the streaming
             demo and ONNX export; the correlation runs in ``forward_head``.
         motion_map: side of the pooled map the correlation runs on.
+        motion_softmax: ``MotionCorrelation``'s temperature (0: raw cosine similarities).
         contrast: width of a ``TemporalContrast`` branch (0: none): the end-minus-start change of
             the frames' mid-level appearance (the channel means of the deepest stride-16 stage,
             appended to each frame's features) joins the temporal head's pooled output. With
@@ -182,6 +183,7 @@ class CNNLSTM(nn.Module):
         channels_last: bool = False,
         motion: str = "none",
         motion_map: int = 10,
+        motion_softmax: float = 0.0,
         contrast: int = 0,
         contrast_grid: int = 1,
     ):
@@ -215,7 +217,7 @@ class CNNLSTM(nn.Module):
             self._motion_channels = channels = self._hook_stage(8, "motion")
             self.motion_dim = channels * motion_map**2
             self.feature_dim += self.motion_dim
-            self.motion_corr = MotionCorrelation(channels, motion_map)
+            self.motion_corr = MotionCorrelation(channels, motion_map, temperature=motion_softmax)
             head_in = self.motion_corr.out_dim + (self.appearance_dim if motion == "add" else 0)
         self._build_contrast(contrast, contrast_grid, temporal)
         self.head = _temporal_head(temporal, head_in, num_classes, dict(head_kwargs or {}), extra_dim=contrast)
@@ -374,7 +376,8 @@ class CNNLSTM(nn.Module):
         a, q = self.appearance_dim, max(1, feats.shape[1] // 4)
         parts = []
         if self.motion != "none" and feats.shape[1] > 1:
-            parts.append(self.motion_corr(feats[..., a : a + self.motion_dim])[:, :-1].mean(1))
+            # Raw similarities whatever model.motion_softmax: the twin bars were measured on them.
+            parts.append(self.motion_corr(feats[..., a : a + self.motion_dim], raw=True)[:, :-1].mean(1))
         if self.contrast is not None:  # the channel means (not the cells: what the twin bars were measured on)
             state = feats[..., -self.contrast_dim :][..., : self.contrast_channels]
         else:

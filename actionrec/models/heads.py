@@ -255,12 +255,21 @@ class MotionCorrelation(nn.Module):
     map and flattened; the last step gets zeros. Parameter-free and exportable (a batched matrix
     product and an index, or pads and slices for maps over ``ALL_PAIRS_MAX_SIZE``).
 
+    ``temperature`` > 0 first turns each position's similarities into a distribution over the
+    displacements (softmax of similarity / temperature, as MotionSqueeze's soft matching), so a
+    cell's average says which share of its positions moved which way: a small actor sliding counts
+    as much as its size, where the raw similarities of the still background around it, high at
+    every displacement on smooth texture, drown it. 0 keeps the raw cosine similarities.
+
     Input (B, T, C * size * size) flattened maps; output (B, T, (2 radius + 1)^2 * grid^2).
     """
 
-    def __init__(self, channels: int, size: int, *, radius: int = 2, grid: int = 3):
+    def __init__(self, channels: int, size: int, *, radius: int = 2, grid: int = 3, temperature: float = 0.0):
         super().__init__()
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
         self.channels, self.size, self.radius, self.grid = channels, size, radius, grid
+        self.temperature = float(temperature)
         self.out_dim = (2 * radius + 1) ** 2 * grid**2
         self.all_pairs = size <= ALL_PAIRS_MAX_SIZE  # how forward computes it (the same values either way)
         # Where each (position, displacement) pair lies in the all-pairs similarity matrix of two
@@ -278,7 +287,8 @@ class MotionCorrelation(nn.Module):
         self.register_buffer("_index", torch.stack(index).flatten(), persistent=False)  # (D2 * P,)
         self.register_buffer("_inside", torch.stack(inside).flatten(), persistent=False)
 
-    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+    def forward(self, maps: torch.Tensor, *, raw: bool = False) -> torch.Tensor:
+        """``raw``: the cosine similarities even when ``temperature`` > 0."""
         from actionrec.models.cnn_lstm import grid_cells
 
         b, t, _ = maps.shape
@@ -289,6 +299,8 @@ class MotionCorrelation(nn.Module):
         cur = m[:, :-1].reshape(b * (t - 1), self.channels, s * s)
         nxt = m[:, 1:].reshape(b * (t - 1), self.channels, s * s)
         vol = self._all_pairs(cur, nxt) if self.all_pairs else self._per_displacement(cur, nxt)
+        if self.temperature > 0 and not raw:
+            vol = torch.softmax(vol / self.temperature, dim=1)  # over the displacements, per position
         vol = grid_cells(vol, self.grid).reshape(b, t - 1, self.out_dim)
         return torch.cat([vol, vol.new_zeros(b, 1, self.out_dim)], 1)
 

@@ -65,6 +65,36 @@ def test_correlation_equals_one_product_per_displacement(channels, size, radius,
     assert not MotionCorrelation(channels, ALL_PAIRS_MAX_SIZE + 1).all_pairs  # side^4 pairs: too many above it
 
 
+@pytest.mark.parametrize("all_pairs", [True, False])
+def test_correlation_softmax_is_each_cells_share_of_positions_per_displacement(all_pairs):
+    """temperature > 0: per position a softmax over the displacements (of the definition's cosine
+    volume), then the cell average: the share of the cell's positions that moved each way."""
+    torch.manual_seed(0)
+    c, s, r, tau = 16, 8, 1, 0.05
+    base = torch.nn.functional.normalize(torch.randn(1, c, s, s + 2), dim=1)
+    # Frame 1: the left half (columns 0-3) moved one cell right; the right half stayed.
+    f0 = base[..., 1 : s + 1]
+    f1 = torch.cat([base[..., 0:4], base[..., 5 : s + 1]], -1)
+    maps = _maps(torch.stack([f0, f1], 1))
+    m = torch.nn.functional.normalize(torch.stack([f0, f1], 1), dim=2)
+    nxt = torch.nn.functional.pad(m[:, 1], (r,) * 4)
+    vol = torch.stack([(m[:, 0] * nxt[:, :, dy : dy + s, dx : dx + s]).sum(1) for dy in range(3) for dx in range(3)], 1)
+    expected = torch.softmax(vol / tau, 1).mean((2, 3))
+    corr = MotionCorrelation(c, s, radius=r, grid=1, temperature=tau)
+    corr.all_pairs = all_pairs
+    out = corr(maps)[0, 0]
+    torch.testing.assert_close(out, expected[0], rtol=1e-5, atol=1e-6)
+    assert abs(float(out.sum()) - 1) < 1e-5
+    # Index 4 is no motion, 5 one cell right. Columns 0-2 of frame 0 are found one cell right in
+    # frame 1 (3/8 of the positions), columns 4-7 in place (1/2); column 3's content left the frame.
+    share = out.tolist()
+    assert abs(share[5] - 3 / 8) < 0.03 and abs(share[4] - 1 / 2) < 0.04, share
+    # The raw cosine volume of the same maps stays as it was (raw=True, and temperature 0).
+    torch.testing.assert_close(corr(maps, raw=True), MotionCorrelation(c, s, radius=r, grid=1)(maps))
+    with pytest.raises(ValueError, match="temperature"):
+        MotionCorrelation(c, s, temperature=-1.0)
+
+
 def test_transformer_head_masks_padding_and_trains():
     torch.manual_seed(0)
     head = TransformerHead(10, 3, hidden_size=16, num_layers=2, pooling="mean", dropout=0.0).eval()
@@ -116,6 +146,26 @@ def test_model_with_motion_features(temporal, motion):
     model.eval()  # (the training pass above moved the batch-norm statistics)
     torch.testing.assert_close(model.frame_features(clips[0, :1]), model.clip_features(clips)[0, :1],
                                rtol=1e-4, atol=1e-5)
+
+
+def test_motion_softmax_changes_what_the_head_sees_not_the_twin_summaries():
+    clips = torch.randn(2, 5, 3, 48, 48)
+    models = []
+    for tau in (0.0, 0.1):
+        torch.manual_seed(0)
+        models.append(create_model("cnn_lstm", num_classes=4, backbone="test_resnet", temporal="transformer",
+                                   motion="only", motion_map=6, hidden_size=16, motion_softmax=tau).eval())
+    raw, soft = models
+    assert soft.motion_corr.temperature == 0.1 and raw.motion_corr.temperature == 0.0
+    feats = raw.clip_features(clips)
+    torch.testing.assert_close(soft.clip_features(clips), feats)
+    assert not torch.allclose(soft(feats), raw(feats))
+    # data.reverse_pairs=auto's summaries read the raw similarities (its bars were measured on them).
+    torch.testing.assert_close(soft.order_summary(feats), raw.order_summary(feats))
+    from actionrec.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="model.motion_softmax"):
+        load_config(None, ["model.motion_softmax=-0.1"])
 
 
 def test_motion_needs_a_stride8_stage():
@@ -229,13 +279,14 @@ def test_contrast_refuses_the_frame_averaging_baseline():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime")
-@pytest.mark.parametrize("contrast,contrast_grid", [(0, 1), (8, 1), (8, 2)])
-def test_motion_transformer_model_exports_to_onnx(tmp_path, contrast, contrast_grid):
+@pytest.mark.parametrize("contrast,contrast_grid,motion_softmax", [(0, 1, 0.0), (8, 1, 0.0), (8, 2, 0.1)])
+def test_motion_transformer_model_exports_to_onnx(tmp_path, contrast, contrast_grid, motion_softmax):
     from actionrec.deploy.export import export_onnx, max_abs_diff_onnx
 
     torch.manual_seed(0)
     model = create_model("cnn_lstm", num_classes=4, backbone="test_resnet", temporal="transformer", motion="only",
-                         motion_map=4, hidden_size=16, contrast=contrast, contrast_grid=contrast_grid).eval()
+                         motion_map=4, hidden_size=16, contrast=contrast, contrast_grid=contrast_grid,
+                         motion_softmax=motion_softmax).eval()
     paths = export_onnx(model, tmp_path, clip_len=6, crop_size=48)
     diff = max_abs_diff_onnx(model, paths, clip_len=6, crop_size=48)
     assert max(diff.values()) < 1e-3, diff
