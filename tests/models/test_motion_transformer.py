@@ -42,6 +42,16 @@ def test_correlation_peaks_at_the_displacement_and_flips_when_reversed():
     assert 0.6 < float(vol[0, 0].max()) <= 1.0 + 1e-5
 
 
+def _volume_by_definition(frames: torch.Tensor, radius: int) -> torch.Tensor:
+    """(B, T, C, S, S) maps -> (B * (T-1), D2, S, S): for each displacement, the channel dot product of
+    frame t's unit-norm map with frame t+1's shifted by it, zero-padded at the borders."""
+    s, k = frames.shape[-1], 2 * radius + 1
+    m = torch.nn.functional.normalize(frames, dim=2)
+    cur = m[:, :-1].flatten(0, 1)
+    nxt = torch.nn.functional.pad(m[:, 1:].flatten(0, 1), (radius,) * 4)
+    return torch.stack([(cur * nxt[:, :, dy : dy + s, dx : dx + s]).sum(1) for dy in range(k) for dx in range(k)], 1)
+
+
 @pytest.mark.parametrize("all_pairs", [True, False])
 @pytest.mark.parametrize("channels,size,radius,grid", [(32, 14, 2, 3), (8, 5, 3, 2), (4, 3, 1, 1)])
 def test_correlation_equals_one_product_per_displacement(channels, size, radius, grid, all_pairs):
@@ -49,11 +59,7 @@ def test_correlation_equals_one_product_per_displacement(channels, size, radius,
     channel dot product of frame t with frame t+1 shifted by it, zero-padded at the borders."""
     torch.manual_seed(0)
     maps = torch.randn(3, 5, channels * size * size)
-    m = torch.nn.functional.normalize(maps.view(3, 5, channels, size, size), dim=2)
-    cur = m[:, :-1].flatten(0, 1)
-    nxt = torch.nn.functional.pad(m[:, 1:].flatten(0, 1), (radius,) * 4)
-    k = 2 * radius + 1
-    vol = torch.stack([(cur * nxt[:, :, dy : dy + size, dx : dx + size]).sum(1) for dy in range(k) for dx in range(k)], 1)
+    vol = _volume_by_definition(maps.view(3, 5, channels, size, size), radius)
     expected = torch.nn.functional.adaptive_avg_pool2d(vol, grid).view(3, 4, -1)
     corr = MotionCorrelation(channels, size, radius=radius, grid=grid)
     assert corr.all_pairs  # the default up to ALL_PAIRS_MAX_SIZE
@@ -76,10 +82,7 @@ def test_correlation_softmax_is_each_cells_share_of_positions_per_displacement(a
     f0 = base[..., 1 : s + 1]
     f1 = torch.cat([base[..., 0:4], base[..., 5 : s + 1]], -1)
     maps = _maps(torch.stack([f0, f1], 1))
-    m = torch.nn.functional.normalize(torch.stack([f0, f1], 1), dim=2)
-    nxt = torch.nn.functional.pad(m[:, 1], (r,) * 4)
-    vol = torch.stack([(m[:, 0] * nxt[:, :, dy : dy + s, dx : dx + s]).sum(1) for dy in range(3) for dx in range(3)], 1)
-    expected = torch.softmax(vol / tau, 1).mean((2, 3))
+    expected = torch.softmax(_volume_by_definition(torch.stack([f0, f1], 1), r) / tau, 1).mean((2, 3))
     corr = MotionCorrelation(c, s, radius=r, grid=1, temperature=tau)
     corr.all_pairs = all_pairs
     out = corr(maps)[0, 0]
