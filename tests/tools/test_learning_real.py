@@ -7,9 +7,11 @@ it, changing only ``data.root`` and ``model.pretrained`` (plus where it writes),
 from its LAST checkpoint on the balanced test split. The frame-averaging baseline
 (``model.temporal=none``) trains on the same cached features.
 
-The recipe finds the time-reversed twin classes itself (``data.reverse_pairs=auto``); the test
-checks which it found. Assertions are what the recipe reaches here with margin (README, "Real
-footage on a CPU"), not issue 12's 0.85 target, which it does not reach on every set.
+The recipe is tested as a user tests it: ``tools/eval.py last.pt`` with the config's own testing,
+3 clips x 3 crops; the recipe's 1-view result is printed too. The recipe finds the time-reversed
+twin classes itself (``data.reverse_pairs=auto``); the test checks which it found. Issue 12's CI
+bar is 0.85 mean class accuracy here; the README ("Real footage on a CPU") has what the recipe
+reaches on this and six other sets, and its spread over training seeds on this one.
 """
 
 from __future__ import annotations
@@ -51,16 +53,20 @@ def runs(tmp_path_factory, train_tool):
     results = {}
     baseline = ["model.temporal=none", "model.motion=none", "model.contrast=0", "train.cache_views=1",
                 "data.reverse_pairs=[]"]
+    one_view = ["eval.num_clips=1", "eval.num_crops=1"]
     for name, extra in (("recipe", []), ("baseline", baseline)):
         train_tool.main(train_tool.parse_args([*common, f"train.name={name}", *extra]))
-        # One view per test video, as the README's history of this test (the recipe itself tests 3 x 3).
-        eval_tool.main(eval_tool.parse_args([str(out / "runs" / name / "last.pt"), "eval.num_clips=1",
-                                             "eval.num_crops=1", "--out", str(out / name)]))
-        results[name] = json.loads((out / name / "metrics.json").read_text())
+        ckpt = str(out / "runs" / name / "last.pt")
+        # The recipe with its own testing (3 x 3 views, from its config), and with 1 view as the
+        # README's history of this test; the order-blind baseline with 1 view.
+        evals = {"recipe": [], "recipe_1view": one_view} if name == "recipe" else {name: one_view}
+        for key, views in evals.items():
+            eval_tool.main(eval_tool.parse_args([ckpt, *views, "--out", str(out / key)]))
+            results[key] = json.loads((out / key / "metrics.json").read_text())
         saved = yaml.safe_load((out / "runs" / name / "config.yaml").read_text())
         results[name]["reverse_pairs"] = saved["data"]["reverse_pairs"]
     print(json.dumps({k: {"mean_class_acc": v["mean_class_acc"], "per_class": v["per_class_acc"],
-                          "reverse_pairs": v["reverse_pairs"],
+                          "reverse_pairs": v.get("reverse_pairs"),
                           "pairs": {f"{a}/{b}": pair_accuracy(v, (a, b)) for a, b in REAL_PAIRS[:4]}}
                       for k, v in results.items()}, indent=1))
     return results
@@ -78,7 +84,9 @@ def test_recipe_finds_the_time_reversed_twins(runs):
 def test_recipe_learns_temporal_order_on_real_footage(runs):
     rec = runs["recipe"]
     assert rec["num_videos"] == 96  # balanced: 8 classes x 12
-    assert rec["mean_class_acc"] >= 0.75, rec["per_class_acc"]
+    assert (rec["num_clips"], rec["num_crops"]) == (3, 3)  # the config's own testing
+    # Issue 12's CI bar, on the recipe's own testing (seed-0 set: README's spread over training seeds).
+    assert rec["mean_class_acc"] >= 0.85, rec["per_class_acc"]
     # Motion (pans, zooms, rising and falling) is what the motion features read best.
     for pair in (("PanLeft", "PanRight"), ("ZoomIn", "ZoomOut"), ("Rise", "Fall")):
         assert pair_accuracy(rec, pair) >= 0.80, (pair, rec["per_class_acc"])
