@@ -15,7 +15,7 @@ from typing import Any
 
 from actionrec.config import Config, DataConfig, ModelConfig
 from actionrec.data.dataset import DecodeFailures, VideoClipDataset, class_counts
-from actionrec.data.reversal import RIVAL_SCORE, TWIN_SCORE, TimeReversal, find_reverse_pairs, reverse_pairs_to_indices
+from actionrec.data.reversal import TimeReversal, find_reverse_pairs, reverse_pairs_to_indices, twin_report
 from actionrec.data.loader import build_loader
 from actionrec.data.splits import DatasetSplit, load_split
 from actionrec.data.synthetic import ensure_synthetic_dataset
@@ -191,17 +191,7 @@ def find_reverse_pairs_from(cfg: Config, train_feats, model, classes: list[str])
         fwd.append(model.order_summary(clips).cpu())
         bwd.append(model.order_summary(clips.flip(1)).cpu())
     found, score = find_reverse_pairs(torch.stack(fwd), torch.stack(bwd), train_feats.labels, len(classes))
-    chosen, n = {(a, b) for a, b, _ in found}, len(classes)
-    others = sorted(((float(score[a, b]), a, b) for a in range(n) for b in range(a + 1, n) if (a, b) not in chosen),
-                    reverse=True)
-    text = ", ".join(f"{classes[a]}/{classes[b]} ({s:.2f})" for a, b, s in found) or "no time-reversed twins"
-    ambiguous = [f"{classes[a]}/{classes[b]} ({s:.2f})" for s, a, b in others if s >= TWIN_SCORE]
-    if ambiguous:
-        text += f"; left out, a class with a rival pair scoring {RIVAL_SCORE:.2f} or more: {', '.join(ambiguous)}"
-    elif others:
-        s, a, b = others[0]
-        text += f"; highest other pair {classes[a]}/{classes[b]} ({s:.2f}, threshold {TWIN_SCORE:.2f})"
-    log.info("data.reverse_pairs=auto: %s", text)
+    log.info("data.reverse_pairs=auto: %s", twin_report(found, score, classes))
     return replace(cfg, data=replace(cfg.data, reverse_pairs=tuple((classes[a], classes[b]) for a, b, _ in found)))
 
 

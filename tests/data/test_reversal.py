@@ -199,3 +199,22 @@ def test_pairs_from_scores_takes_clear_pairs_only():
     put(3, 4, 0.39)  # the rival falls under 0.4: 2/3 is taken, 4/5 is not (under 0.5)
     assert [(a, b) for a, b, _ in pairs_from_scores(s)] == [(0, 1), (2, 3)]
     assert pairs_from_scores(s, threshold=1.2) == []
+
+
+def test_twin_report_names_pairs_and_says_what_to_do_with_ambiguous_ones():
+    from actionrec.data.reversal import pairs_from_scores, twin_report
+
+    classes = ["PanLeft", "PanRight", "Appear", "Enter", "Exit"]
+    s = torch.zeros(5, 5)
+    for (a, b), v in {(0, 1): 1.06, (2, 4): 0.63, (3, 4): 0.61, (2, 3): 0.10}.items():
+        s[a, b] = s[b, a] = v
+    found = pairs_from_scores(s)
+    assert [(a, b) for a, b, _ in found] == [(0, 1)]
+    assert twin_report(found, s, classes) == (
+        "PanLeft/PanRight (1.06); left out, a class with a rival pair scoring 0.40 or more: Appear/Exit (0.63), "
+        "Enter/Exit (0.61) (if you know which of these are twins, name them in data.reverse_pairs)")
+    s[2, 4] = s[4, 2] = 0.30  # nothing ambiguous: the best other pair against the threshold
+    s[3, 4] = s[4, 3] = 0.29
+    assert twin_report(pairs_from_scores(s), s, classes) == (
+        "PanLeft/PanRight (1.06); highest other pair Appear/Exit (0.30, threshold 0.50)")
+    assert twin_report([], torch.zeros(2, 2), ["A", "B"]) == "no time-reversed twins; highest other pair A/B (0.00, threshold 0.50)"
