@@ -15,7 +15,8 @@ from typing import Any
 
 from actionrec.config import Config, DataConfig, ModelConfig
 from actionrec.data.dataset import DecodeFailures, VideoClipDataset, class_counts
-from actionrec.data.reversal import TimeReversal, find_reverse_pairs, reverse_pairs_to_indices, twin_report
+from actionrec.data.reversal import (TimeReversal, match_twins, probe_scores, reverse_pairs_to_indices,
+                                     scout_scores, twin_groups, twin_report)
 from actionrec.data.loader import build_loader
 from actionrec.data.splits import DatasetSplit, load_split
 from actionrec.data.synthetic import ensure_synthetic_dataset
@@ -181,17 +182,29 @@ def use_cached_features(cfg: Config, data: TrainData, split: DatasetSplit, model
 
 def find_reverse_pairs_from(cfg: Config, train_feats, model, classes: list[str]) -> Config:
     """``data.reverse_pairs=auto``: the twins read off the cached training features (every view,
-    forwards and backwards, through ``model.order_summary``; ``data.reversal.find_reverse_pairs``),
-    logged with their scores. Returns ``cfg`` with the pairs found in place of ``auto`` (none: ``[]``)."""
+    forwards and backwards), logged with their scores. A linear probe on ``model.order_summary``
+    says where twins may be (``probe_scores``, ``twin_groups``); when it does, a scout copy of the
+    head, trained on the forward clips, says which classes pair up there (``scout_scores``,
+    ``match_twins``). Rank 0's answer holds for every rank. Returns ``cfg`` with the pairs found in
+    place of ``auto`` (none: ``[]``)."""
     import torch
 
-    fwd, bwd = [], []
-    for views, _, _ in train_feats.items:
-        clips = torch.stack([v[0] for v in views])  # (V, T, D): a video's cached views
-        fwd.append(model.order_summary(clips).cpu())
-        bwd.append(model.order_summary(clips.flip(1)).cpu())
-    found, score = find_reverse_pairs(torch.stack(fwd), torch.stack(bwd), train_feats.labels, len(classes))
-    log.info("data.reverse_pairs=auto: %s", twin_report(found, score, classes))
+    from actionrec.engine.distributed import gather_objects
+
+    views = [torch.stack([v[0] for v in item]) for item, _, _ in train_feats.items]  # (V, T, D) per video
+    fwd = torch.stack([model.order_summary(v).cpu() for v in views])
+    bwd = torch.stack([model.order_summary(v.flip(1)).cpu() for v in views])
+    probe = probe_scores(fwd, bwd, train_feats.labels, len(classes))
+    groups, found = twin_groups(probe), []
+    if groups:
+        plain = replace(cfg, data=replace(cfg.data, reverse_pairs=()))
+        scout = scout_scores(model, views, train_feats.labels, len(classes),
+                             criterion=loss_from(plain, train_feats.labels, classes).to(model.output_device),
+                             batch_size=cfg.train.batch_size, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                             seed=cfg.train.seed)
+        found = match_twins(scout, groups)
+    found = gather_objects(found)[0]
+    log.info("data.reverse_pairs=auto: %s", twin_report(found, probe, groups, classes))
     return replace(cfg, data=replace(cfg.data, reverse_pairs=tuple((classes[a], classes[b]) for a, b, _ in found)))
 
 

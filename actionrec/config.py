@@ -59,8 +59,9 @@ class DataConfig:
     # Classes that are each other's time reversal ([[Open, Close], ...]; [C, C]: C looks the same
     # backwards): train clips are played backwards with probability reverse_prob and take the
     # twin's label (data/reversal.py). Names are checked against the dataset's classes. auto: found
-    # from the cached features before training (data.reversal.find_reverse_pairs; needs
-    # train.cache_features), and the run's config.yaml lists what was found.
+    # from the cached features before training (build.find_reverse_pairs_from: a probe says where
+    # to look, a scout head which pairs; needs train.cache_features), and the run's config.yaml
+    # lists what was found.
     reverse_pairs: Literal["auto"] | tuple[tuple[str, str], ...] = ()
     reverse_prob: float = 0.5
     color_jitter: float = 0.4

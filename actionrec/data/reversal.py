@@ -14,7 +14,6 @@ reversing its frames: the feature cache applies it to cached features at no cost
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,10 +21,14 @@ import torch
 
 from actionrec.config import ConfigError
 
-# data.reverse_pairs=auto: a pair scoring TWIN_SCORE or more is taken unless one of its classes has
-# another pair scoring RIVAL_SCORE or more (find_reverse_pairs, pairs_from_scores).
-TWIN_SCORE = 0.5
-RIVAL_SCORE = 0.4
+# data.reverse_pairs=auto (find_reverse_pairs_from in build.py): the probe's pair scores link classes
+# scoring RELATED_SCORE or more into groups; a group is searched for twins when one of its pairs
+# scores SUSPECT_SCORE or more (twin_groups); inside it the scout head pairs the classes, a pair
+# needing SCOUT_SCORE or more (match_twins). Measured on 63 class sets (README, "Real footage on a CPU").
+RELATED_SCORE = 0.2
+SUSPECT_SCORE = 0.4
+SCOUT_SCORE = 0.25
+SCOUT_EPOCHS = 40
 
 
 class TimeReversal:
@@ -87,32 +90,29 @@ def reverse_pairs_to_indices(pairs: Sequence[Sequence[str]], class_names: Sequen
     return out
 
 
-def find_reverse_pairs(forward: torch.Tensor, backward: torch.Tensor, labels: Sequence[int], num_classes: int, *,
-                       threshold: float = TWIN_SCORE, rival: float = RIVAL_SCORE, folds: int = 5, steps: int = 300,
-                       seed: int = 0):
-    """Which classes are each other's time reversal (``data.reverse_pairs=auto``), read off clip summaries.
+def probe_scores(forward: torch.Tensor, backward: torch.Tensor, labels: Sequence[int], num_classes: int, *,
+                 folds: int = 5, steps: int = 300, seed: int = 0) -> torch.Tensor:
+    """How much each class played backwards looks like each other class, to a linear probe on clip summaries.
 
     A linear probe learns 2C labels, "class a" and "class a played backwards", from order-aware
     summaries of the training clips (``CNNLSTM.order_summary``), class-balanced, and is scored on
     videos it did not see (``folds`` folds over videos). If a clip of a played backwards *is* a clip
     of b, the probe cannot tell "a backwards" from "b" and splits the clips of both labels between
     them in some proportion: S[a][b] = P(says b | a backwards) + P(says a backwards | b) is then
-    about 1, against about 0 for classes it can tell apart (a two-sample test by classifier). The
-    score of a pair is (S[a][b] + S[b][a]) / 2, and a pair is taken when its score is at least
-    ``threshold`` (0.5: halfway between the two) and neither class has another pair scoring
-    ``rival`` or more (ambiguous twins are left out). A class is never its own twin here: that
-    would teach a class to ignore its own direction on a guess.
+    about 1, against about 0 for classes it can tell apart (a two-sample test by classifier). On
+    weak summaries it cannot say *which* of several similar classes is the twin (an appear played
+    backwards is close to a vanish and to an exit): ``twin_groups`` uses it for where to look.
 
     Args:
         forward, backward: (N, V, S) summaries of N training videos' V views, played forwards and backwards.
         labels: the N videos' class indices.
 
     Returns:
-        ([(a, b, score)] pairs found with a < b, best first; (C, C) score matrix).
+        (C, C) symmetric score (S[a][b] + S[b][a]) / 2, zeros with fewer than two videos.
     """
     n, v, _ = forward.shape
     if n < 2:  # nothing to hold out
-        return [], torch.zeros(num_classes, num_classes, dtype=torch.float64)
+        return torch.zeros(num_classes, num_classes, dtype=torch.float64)
     y = torch.as_tensor(list(labels), dtype=torch.long)
     fold = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) % max(2, min(folds, n))
     said = torch.zeros(2 * num_classes, 2 * num_classes, dtype=torch.float64)  # true label (a | C + a) x predicted
@@ -139,39 +139,109 @@ def find_reverse_pairs(forward: torch.Tensor, backward: torch.Tensor, labels: Se
     p = said / said.sum(1, keepdim=True).clamp_min(1)
     c = num_classes
     s = p[c:, :c] + p[:c, c:].T  # s[a][b] = P(b | a backwards) + P(a backwards | b)
-    score = (s + s.T) / 2
-    return pairs_from_scores(score, threshold=threshold, rival=rival), score
+    return (s + s.T) / 2
 
 
-def pairs_from_scores(score: torch.Tensor, *, threshold: float = TWIN_SCORE,
-                      rival: float = RIVAL_SCORE) -> list[tuple[int, int, float]]:
-    """Twins from a symmetric (C, C) pair score: (a, b, score) with a < b for every pair scoring
-    ``threshold`` or more whose classes have no other pair scoring ``rival`` or more, best first.
+def twin_groups(probe: torch.Tensor, *, related: float = RELATED_SCORE, suspect: float = SUSPECT_SCORE) -> list[list[int]]:
+    """Where to look for twins: the classes linked by probe pairs scoring ``related`` or more (connected
+    components), each group kept only when one of its pairs scores ``suspect`` or more. Groups of a
+    single class are dropped. A class is never its own twin here: that would teach a class to ignore
+    its own direction on a guess."""
+    c = probe.shape[0]
+    group = list(range(c))
 
-    A class with a second near-twin (an object appearing, played backwards, is close to one leaving
-    the frame as well as to one vanishing) gets no twin: a wrong twin teaches the wrong label.
+    def root(x: int) -> int:
+        while group[x] != x:
+            x = group[x]
+        return x
+
+    for a in range(c):
+        for b in range(a + 1, c):
+            if probe[a, b] >= related:
+                group[root(a)] = root(b)
+    members: dict[int, list[int]] = {}
+    for a in range(c):
+        members.setdefault(root(a), []).append(a)
+    return [m for m in members.values()
+            if len(m) > 1 and any(probe[a, b] >= suspect for a in m for b in m if a < b)]
+
+
+def scout_scores(model: torch.nn.Module, views: Sequence[torch.Tensor], labels: Sequence[int], num_classes: int, *,
+                 criterion: torch.nn.Module, epochs: int = SCOUT_EPOCHS, batch_size: int = 16, lr: float = 1e-3,
+                 weight_decay: float = 0.05, seed: int = 0) -> torch.Tensor:
+    """Which class each class's clips look like when played backwards, to a scout head.
+
+    The scout is a copy of ``model`` (untrained) whose temporal head trains ``epochs`` epochs on the
+    forward clips only (epoch e reads view e mod V, AdamW, ``criterion``), then labels every
+    training clip played backwards. P[a][b] is its softmax for b averaged over a's clips; the score is
+    (P[a][b] + P[b][a]) / 2. Unlike the probe it sees what the recipe's head sees, so it tells an
+    appear played backwards (a vanish) from an exit; but it has no "none of these" answer, so it
+    only decides inside ``twin_groups``. Runs under its own RNG state: the caller's draws are unchanged.
+
+    Args:
+        model: a ``CNNLSTM`` with a frozen backbone (only ``forward_head`` runs), on its devices.
+        views: per training video, its (V, T, D) cached views.
+        labels: the videos' class indices.
+
+    Returns:
+        (C, C) symmetric score, float64 on the CPU.
     """
-    c = score.shape[0]
-    near = Counter(x for a in range(c) for b in range(a + 1, c) if score[a, b] >= rival for x in (a, b))
-    pairs = [(a, b, float(score[a, b])) for a in range(c) for b in range(a + 1, c)
-             if score[a, b] >= threshold and near[a] == near[b] == 1]
-    return sorted(pairs, key=lambda p: -p[2])
+    import copy
+
+    scout = copy.deepcopy(model)
+    device = scout.output_device
+    y = torch.as_tensor(list(labels), dtype=torch.long)
+    params = [p for p in scout.parameters() if p.requires_grad]
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        order = torch.Generator().manual_seed(seed)
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        scout.train()
+        for epoch in range(epochs):
+            for idx in torch.randperm(len(views), generator=order).split(batch_size):
+                x = torch.stack([views[i][epoch % len(views[i])] for i in idx.tolist()]).to(device)
+                loss = criterion(scout.forward_head(x), y[idx].to(device))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        scout.eval()
+        said = torch.zeros(num_classes, num_classes, dtype=torch.float64)
+        with torch.no_grad():
+            for clips, label in zip(views, y.tolist()):
+                said[label] += scout.forward_head(clips.flip(1).to(device)).softmax(-1).mean(0).double().cpu()
+    said /= torch.bincount(y, minlength=num_classes).clamp_min(1).double()[:, None]
+    return (said + said.T) / 2
 
 
-def twin_report(found: Sequence[tuple[int, int, float]], score: torch.Tensor, classes: Sequence[str]) -> str:
-    """One log line on ``find_reverse_pairs``' result: the pairs found with their scores, then the
-    pairs left out as ambiguous (scoring ``TWIN_SCORE`` or more, but a class has a rival), with what
-    to do about them, or else the highest other pair against the threshold."""
-    chosen, n = {(a, b) for a, b, _ in found}, len(classes)
-    others = sorted(((float(score[a, b]), a, b) for a in range(n) for b in range(a + 1, n) if (a, b) not in chosen),
-                    reverse=True)
-    text = ", ".join(f"{classes[a]}/{classes[b]} ({s:.2f})" for a, b, s in found) or "no time-reversed twins"
-    ambiguous = [f"{classes[a]}/{classes[b]} ({s:.2f})" for s, a, b in others if s >= TWIN_SCORE]
-    if ambiguous:
-        # README: naming the twins by hand added 0.01-0.07 at 3x3 on the five sets where these were left out.
-        text += (f"; left out, a class with a rival pair scoring {RIVAL_SCORE:.2f} or more: {', '.join(ambiguous)}"
-                 " (if you know which of these are twins, name them in data.reverse_pairs)")
-    elif others:
-        s, a, b = others[0]
-        text += f"; highest other pair {classes[a]}/{classes[b]} ({s:.2f}, threshold {TWIN_SCORE:.2f})"
+def match_twins(scout: torch.Tensor, groups: Sequence[Sequence[int]], *,
+                floor: float = SCOUT_SCORE) -> list[tuple[int, int, float]]:
+    """Twins inside each group: the pair with the highest ``scout`` score first, each class in one
+    pair, every pair scoring ``floor`` or more. Returns (a, b, scout score) with a < b, best first."""
+    pairs = sorted(((float(scout[a, b]), a, b) for g in groups for a in g for b in g if a < b and scout[a, b] >= floor),
+                   reverse=True)
+    taken: set[int] = set()
+    out = []
+    for s, a, b in pairs:
+        if a not in taken and b not in taken:
+            taken |= {a, b}
+            out.append((a, b, s))
+    return out
+
+
+def twin_report(found: Sequence[tuple[int, int, float]], probe: torch.Tensor, groups: Sequence[Sequence[int]],
+                classes: Sequence[str]) -> str:
+    """One log line on ``data.reverse_pairs=auto``: the twins found with their probe and scout scores,
+    then the classes of the searched groups left without a twin, or, with no group to search, the
+    highest probe pair against ``SUSPECT_SCORE``."""
+    text = ", ".join(f"{classes[a]}/{classes[b]} (probe {float(probe[a, b]):.2f}, scout {s:.2f})" for a, b, s in found)
+    text = text or "no time-reversed twins"
+    paired = {c for a, b, _ in found for c in (a, b)}
+    alone = [classes[c] for g in groups for c in g if c not in paired]
+    if alone:
+        text += f"; searched, no twin: {', '.join(alone)} (if you know their twins, name them in data.reverse_pairs)"
+    elif not groups and len(classes) > 1:
+        n = len(classes)
+        s, a, b = max((float(probe[a, b]), a, b) for a in range(n) for b in range(a + 1, n))
+        text += f"; highest probe pair {classes[a]}/{classes[b]} ({s:.2f}, a twin needs {SUSPECT_SCORE:.2f})"
     return text

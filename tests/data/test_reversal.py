@@ -127,26 +127,27 @@ def _summaries(counts, directions, views=2, dim=12, noise=0.6, seed=0):
     return torch.stack(fwd), torch.stack(bwd), labels
 
 
-def test_find_reverse_pairs_finds_twins_and_only_twins():
-    from actionrec.data.reversal import find_reverse_pairs
+def test_probe_scores_twins_high_and_others_low():
+    from actionrec.data.reversal import probe_scores, twin_groups
 
     g = torch.Generator().manual_seed(1)
     u, v, w = (torch.randn(12, generator=g) for _ in range(3))
     # 0/1 and 3/4 are twins (1 is 0 backwards; 4 is 3 backwards), 2 has no twin; a long tail,
     # the rare twin of a pair with 6 videos against 40.
     fwd, bwd, labels = _summaries([40, 6, 25, 10, 30], [u, -u, v, w, -w])
-    pairs, score = find_reverse_pairs(fwd, bwd, labels, 5)
-    assert [(a, b) for a, b, _ in pairs] == [(0, 1), (3, 4)]
-    assert all(s >= 0.5 for _, _, s in pairs)
-    assert score.shape == (5, 5) and score[0, 2] < 0.2 and score[2, 3] < 0.2
-    # No twins at all (every class moves its own way): nothing is paired, not even the closest two.
+    score = probe_scores(fwd, bwd, labels, 5)
+    assert score.shape == (5, 5) and torch.equal(score, score.T)
+    assert score[0, 1] >= 0.5 and score[3, 4] >= 0.5
+    assert score[0, 2] < 0.2 and score[2, 3] < 0.2
+    assert sorted(map(sorted, twin_groups(score))) == [[0, 1], [3, 4]]
+    # No twins at all (every class moves its own way): no group to search, not even the closest two.
     fwd, bwd, labels = _summaries([30, 20, 10, 25], [u, v, w, u + v])
-    pairs, score = find_reverse_pairs(fwd, bwd, labels, 4)
-    assert pairs == [] and float(score.max()) < 0.5
+    score = probe_scores(fwd, bwd, labels, 4)
+    assert float(score.max()) < 0.4 and twin_groups(score) == []
     # A class that looks the same both ways is not made anybody's twin (nor its own).
     fwd, bwd, labels = _summaries([30, 30], [torch.zeros(12), u])
-    assert find_reverse_pairs(fwd, bwd, labels, 2)[0] == []
-    assert find_reverse_pairs(fwd[:1], bwd[:1], labels[:1], 2)[0] == []  # one video: nothing to hold out
+    assert twin_groups(probe_scores(fwd, bwd, labels, 2)) == []
+    assert torch.equal(probe_scores(fwd[:1], bwd[:1], labels[:1], 2), torch.zeros(2, 2, dtype=torch.float64))
 
 
 def test_order_summary_is_motion_mean_and_signed_contrast():
@@ -172,49 +173,105 @@ def test_auto_needs_the_feature_cache():
     assert cfg.data.reverse_pairs == "auto" and build.reversal_from(cfg, ["A", "B"]) is None
 
 
-def test_find_reverse_pairs_leaves_out_a_class_with_two_candidate_twins():
-    from actionrec.data.reversal import find_reverse_pairs
+def test_probe_groups_a_class_with_two_candidate_twins():
+    from actionrec.data.reversal import probe_scores, twin_groups
 
     g = torch.Generator().manual_seed(2)
     u, v = torch.randn(12, generator=g), torch.randn(12, generator=g)
     # Class 0 backwards looks like class 1 and like class 2 alike (an appear played backwards is
-    # close to a vanish and to an exit): neither is taken. 3/4 stay a clean pair.
+    # close to a vanish and to an exit): the probe cannot say which; all three are one group. 3/4 stay a pair.
     fwd, bwd, labels = _summaries([30, 20, 20, 25, 15], [u, -u, -u + 0.05 * v, v, -v], noise=0.8)
-    pairs, score = find_reverse_pairs(fwd, bwd, labels, 5)
-    assert score[0, 1] >= 0.5 and score[0, 2] >= 0.5
-    assert [(a, b) for a, b, _ in pairs] == [(3, 4)]
+    score = probe_scores(fwd, bwd, labels, 5)
+    assert score[0, 1] >= 0.4 and score[0, 2] >= 0.4
+    assert sorted(map(sorted, twin_groups(score))) == [[0, 1, 2], [3, 4]]
 
 
-def test_pairs_from_scores_takes_clear_pairs_only():
-    from actionrec.data.reversal import pairs_from_scores
+def test_twin_groups_link_related_classes_and_keep_groups_with_a_suspect_pair():
+    from actionrec.data.reversal import twin_groups
+
+    s = torch.zeros(7, 7)
+    def put(a, b, v):
+        s[a, b] = s[b, a] = v
+    put(0, 1, 0.63)  # appear / exit: suspect
+    put(2, 3, 0.61)  # enter / exit-like
+    put(1, 2, 0.25)  # related: links the two into one group
+    put(4, 5, 0.38)  # related but nobody suspect: not searched
+    put(5, 6, 0.19)  # under the related bar: 6 stays alone
+    assert [sorted(g) for g in twin_groups(s)] == [[0, 1, 2, 3]]
+    assert [sorted(g) for g in twin_groups(s, suspect=0.35)] == [[0, 1, 2, 3], [4, 5]]
+    assert sorted(map(sorted, twin_groups(s, related=0.3))) == [[0, 1], [2, 3]]
+
+
+def test_match_twins_pairs_best_scout_scores_inside_groups_only():
+    from actionrec.data.reversal import match_twins
 
     s = torch.zeros(6, 6)
     def put(a, b, v):
         s[a, b] = s[b, a] = v
-    put(0, 1, 1.1)   # clear
-    put(2, 3, 0.51)  # above the threshold, but 3 has a rival at 0.44: left out
-    put(3, 4, 0.44)
-    put(4, 5, 0.30)  # below both bars: no effect
-    assert pairs_from_scores(s) == [(0, 1, pytest.approx(1.1))]
-    put(3, 4, 0.39)  # the rival falls under 0.4: 2/3 is taken, 4/5 is not (under 0.5)
-    assert [(a, b) for a, b, _ in pairs_from_scores(s)] == [(0, 1), (2, 3)]
-    assert pairs_from_scores(s, threshold=1.2) == []
+    put(0, 1, 0.30)  # appear / vanish
+    put(0, 3, 0.68)  # appear / exit: the highest, taken first
+    put(2, 3, 0.60)  # enter / exit: exit is taken already
+    put(1, 2, 0.41)  # vanish / enter
+    put(4, 5, 0.90)  # outside every group: never paired
+    assert match_twins(s, [[0, 1, 2, 3]]) == [(0, 3, pytest.approx(0.68)), (1, 2, pytest.approx(0.41))]
+    put(1, 2, 0.20)  # under the scout bar: vanish and enter stay alone
+    assert match_twins(s, [[0, 1, 2, 3]]) == [(0, 3, pytest.approx(0.68))]
+    assert match_twins(s, [[0, 1, 2, 3], [4, 5]])[0] == (4, 5, pytest.approx(0.90))
+    assert match_twins(s, []) == []
 
 
-def test_twin_report_names_pairs_and_says_what_to_do_with_ambiguous_ones():
-    from actionrec.data.reversal import pairs_from_scores, twin_report
+def _ramp_views(direction, n, g, views=2, frames=8, dim=None):
+    """(V, T, D) cached views whose channel ``abs(direction) - 1`` rises (direction > 0) or falls over time."""
+    t = torch.linspace(-1, 1, frames)
+    out = 0.3 * torch.randn(n, views, frames, dim, generator=g)
+    out[..., abs(direction) - 1] += 2 * t * (1 if direction > 0 else -1)
+    return list(out)
+
+
+def test_scout_scores_find_what_a_class_played_backwards_looks_like():
+    from actionrec.data.reversal import scout_scores
+    from actionrec.models.factory import create_model
+    from actionrec.models.losses import FocalLoss
+
+    torch.manual_seed(0)
+    model = create_model("cnn_lstm", num_classes=4, backbone="test_resnet", pretrained=False, temporal="lstm",
+                         hidden_size=16, freeze_backbone=True)  # a BiLSTM reads the order of plain features
+    d, g = model.feature_dim, torch.Generator().manual_seed(0)
+    # 0: channel 0 rises, 1: it falls (0's twin), 2: channel 1 rises, 3: channel 2 rises (no twins).
+    views, labels = [], []
+    for c, (direction, n) in enumerate([(1, 24), (-1, 8), (2, 16), (3, 16)]):
+        views += _ramp_views(direction, n, g, dim=d)
+        labels += [c] * n
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = torch.random.get_rng_state()
+    score = scout_scores(model, views, labels, 4, criterion=FocalLoss(), epochs=15, batch_size=8, lr=3e-3)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random draws are untouched
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # a copy trained, not the model
+    assert score.shape == (4, 4) and torch.equal(score, score.T)
+    assert score[0, 1] > 0.7
+    others = score.clone()
+    others[0, 1] = others[1, 0] = 0
+    others.fill_diagonal_(0)
+    # 2 and 3 have no twin, yet played backwards they still land on some class (about 0.2-0.3 here):
+    # the scout has no "none of these", which is why it only decides inside the probe's groups.
+    assert float(others.max()) < 0.4
+
+
+def test_twin_report_names_pairs_scores_and_what_to_do_with_classes_left_alone():
+    from actionrec.data.reversal import twin_report
 
     classes = ["PanLeft", "PanRight", "Appear", "Enter", "Exit"]
-    s = torch.zeros(5, 5)
+    probe = torch.zeros(5, 5)
     for (a, b), v in {(0, 1): 1.06, (2, 4): 0.63, (3, 4): 0.61, (2, 3): 0.10}.items():
-        s[a, b] = s[b, a] = v
-    found = pairs_from_scores(s)
-    assert [(a, b) for a, b, _ in found] == [(0, 1)]
-    assert twin_report(found, s, classes) == (
-        "PanLeft/PanRight (1.06); left out, a class with a rival pair scoring 0.40 or more: Appear/Exit (0.63), "
-        "Enter/Exit (0.61) (if you know which of these are twins, name them in data.reverse_pairs)")
-    s[2, 4] = s[4, 2] = 0.30  # nothing ambiguous: the best other pair against the threshold
-    s[3, 4] = s[4, 3] = 0.29
-    assert twin_report(pairs_from_scores(s), s, classes) == (
-        "PanLeft/PanRight (1.06); highest other pair Appear/Exit (0.30, threshold 0.50)")
-    assert twin_report([], torch.zeros(2, 2), ["A", "B"]) == "no time-reversed twins; highest other pair A/B (0.00, threshold 0.50)"
+        probe[a, b] = probe[b, a] = v
+    found = [(0, 1, 0.84), (3, 4, 0.60)]
+    assert twin_report(found, probe, [[0, 1], [2, 3, 4]], classes) == (
+        "PanLeft/PanRight (probe 1.06, scout 0.84), Enter/Exit (probe 0.61, scout 0.60); searched, no twin: Appear "
+        "(if you know their twins, name them in data.reverse_pairs)")
+    assert twin_report(found[:1] + [(2, 4, 0.7)], probe, [[0, 1], [2, 4]], classes) == (
+        "PanLeft/PanRight (probe 1.06, scout 0.84), Appear/Exit (probe 0.63, scout 0.70)")
+    probe *= 0.5  # nothing to search: the best probe pair against the bar
+    probe[0, 1] = probe[1, 0] = 0.2
+    probe[2, 4] = probe[4, 2] = 0.33
+    assert twin_report([], probe, [], classes) == (
+        "no time-reversed twins; highest probe pair Appear/Exit (0.33, a twin needs 0.40)")
