@@ -187,10 +187,13 @@ def find_reverse_pairs_from(cfg: Config, train_feats, model, classes: list[str])
     head, trained on the forward clips, says which classes pair up there (``scout_scores``,
     ``match_twins``). Rank 0's answer holds for every rank. Returns ``cfg`` with the pairs found in
     place of ``auto`` (none: ``[]``)."""
+    import time
+
     import torch
 
     from actionrec.engine.distributed import gather_objects
 
+    start = time.perf_counter()
     views = [torch.stack([v[0] for v in item]) for item, _, _ in train_feats.items]  # (V, T, D) per video
     fwd = torch.stack([model.order_summary(v).cpu() for v in views])
     bwd = torch.stack([model.order_summary(v.flip(1)).cpu() for v in views])
@@ -204,7 +207,7 @@ def find_reverse_pairs_from(cfg: Config, train_feats, model, classes: list[str])
                              seed=cfg.train.seed)
         found = match_twins(scout, groups)
     found = gather_objects(found)[0]
-    log.info("data.reverse_pairs=auto: %s", twin_report(found, probe, groups, classes))
+    log.info("data.reverse_pairs=auto: %s (%.0f s)", twin_report(found, probe, groups, classes), time.perf_counter() - start)
     return replace(cfg, data=replace(cfg.data, reverse_pairs=tuple((classes[a], classes[b]) for a, b, _ in found)))
 
 
