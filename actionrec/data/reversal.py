@@ -29,6 +29,7 @@ RELATED_SCORE = 0.15
 SUSPECT_SCORE = 0.4
 SCOUT_SCORE = 0.35
 SCOUT_EPOCHS = 40
+SCOUTS = 3
 
 
 class TimeReversal:
@@ -167,13 +168,15 @@ def twin_groups(probe: torch.Tensor, *, related: float = RELATED_SCORE, suspect:
 
 
 def scout_scores(model: torch.nn.Module, views: Sequence[torch.Tensor], labels: Sequence[int], num_classes: int, *,
-                 criterion: torch.nn.Module, epochs: int = SCOUT_EPOCHS, batch_size: int = 16, lr: float = 1e-3,
-                 weight_decay: float = 0.05, seed: int = 0) -> torch.Tensor:
-    """Which class each class's clips look like when played backwards, to a scout head.
+                 criterion: torch.nn.Module, scouts: int = SCOUTS, epochs: int = SCOUT_EPOCHS, batch_size: int = 16,
+                 lr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0) -> torch.Tensor:
+    """Which class each class's clips look like when played backwards, to scout heads.
 
-    The scout is a copy of ``model`` (untrained) whose temporal head trains ``epochs`` epochs on the
-    forward clips only (epoch e reads view e mod V, AdamW, ``criterion``), then labels every
-    training clip played backwards. P[a][b] is its softmax for b averaged over a's clips; the score is
+    A scout is a copy of ``model`` whose trainable parts (the head; the frozen backbone is kept) are
+    initialised afresh from ``seed + k`` and trained ``epochs`` epochs on the forward clips only
+    (epoch e reads view e mod V, AdamW, ``criterion``); it then labels every training clip played
+    backwards. P[a][b] is its softmax for b averaged over a's clips, averaged over ``scouts``
+    scouts (one scout's scores near the bar change with its initialisation); the score is
     (P[a][b] + P[b][a]) / 2. Unlike the probe it sees what the recipe's head sees, so it tells an
     appear played backwards (a vanish) from an exit; but it has no "none of these" answer, so it
     only decides inside ``twin_groups``. Runs under its own RNG state: the caller's draws are unchanged.
@@ -186,15 +189,30 @@ def scout_scores(model: torch.nn.Module, views: Sequence[torch.Tensor], labels: 
     Returns:
         (C, C) symmetric score, float64 on the CPU.
     """
+    y = torch.as_tensor(list(labels), dtype=torch.long)
+    said = torch.zeros(num_classes, num_classes, dtype=torch.float64)
+    for k in range(scouts):
+        said += _scout_says(model, views, y, num_classes, criterion=criterion, epochs=epochs, batch_size=batch_size,
+                            lr=lr, weight_decay=weight_decay, seed=seed + k)
+    said /= scouts * torch.bincount(y, minlength=num_classes).clamp_min(1).double()[:, None]
+    return (said + said.T) / 2
+
+
+def _scout_says(model, views, y, num_classes, *, criterion, epochs, batch_size, lr, weight_decay, seed) -> torch.Tensor:
+    """One scout (``scout_scores``): (C, C) sums over each class's clips played backwards of its softmax."""
     import copy
 
     scout = copy.deepcopy(model)
     device = scout.output_device
-    y = torch.as_tensor(list(labels), dtype=torch.long)
+    trainable = [m for name, m in scout.named_modules()
+                 if name and not name.startswith("backbone") and any(p.requires_grad for p in m.parameters(recurse=False))]
     params = [p for p in scout.parameters() if p.requires_grad]
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    said = torch.zeros(num_classes, num_classes, dtype=torch.float64)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
+        for m in trainable:  # a fresh head per scout (learned positions and the like keep the copy's values)
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
         order = torch.Generator().manual_seed(seed)
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
         scout.train()
@@ -206,12 +224,10 @@ def scout_scores(model: torch.nn.Module, views: Sequence[torch.Tensor], labels: 
                 loss.backward()
                 opt.step()
         scout.eval()
-        said = torch.zeros(num_classes, num_classes, dtype=torch.float64)
         with torch.no_grad():
             for clips, label in zip(views, y.tolist()):
                 said[label] += scout.forward_head(clips.flip(1).to(device)).softmax(-1).mean(0).double().cpu()
-    said /= torch.bincount(y, minlength=num_classes).clamp_min(1).double()[:, None]
-    return (said + said.T) / 2
+    return said
 
 
 def match_twins(scout: torch.Tensor, groups: Sequence[Sequence[int]], *,

@@ -74,7 +74,8 @@ def runs(tmp_path_factory, train_tool):
 
 def test_recipe_finds_the_time_reversed_twins(runs):
     # data.reverse_pairs=auto, from the cached features alone: only true twins, and at least the
-    # camera and motion pairs (Appear/Vanish scores about 0.50 here, at the threshold: README).
+    # camera and motion pairs. Appear/Vanish is searched when its probe score reaches 0.40 (0.50 here
+    # with train.seed=0 on the Xeon, 0.37-0.52 with seeds 1-4: README), so it is not required.
     found = {tuple(sorted(p)) for p in runs["recipe"]["reverse_pairs"]}
     truth = {tuple(sorted(p)) for p in REAL_PAIRS[:4]}
     assert found <= truth and {("PanLeft", "PanRight"), ("ZoomIn", "ZoomOut"), ("Fall", "Rise")} <= found, found
