@@ -183,9 +183,9 @@ def use_cached_features(cfg: Config, data: TrainData, split: DatasetSplit, model
 def find_reverse_pairs_from(cfg: Config, train_feats, model, classes: list[str]) -> Config:
     """``data.reverse_pairs=auto``: the twins read off the cached training features (every view,
     forwards and backwards), logged with their scores. A linear probe on ``model.order_summary``
-    says where twins may be (``probe_scores``, ``twin_groups``); when it does, a scout copy of the
-    head, trained on the forward clips, says which classes pair up there (``scout_scores``,
-    ``match_twins``). Rank 0's answer holds for every rank. Returns ``cfg`` with the pairs found in
+    says where twins may be (``probe_scores``, ``twin_groups``); when it does, fresh scout models
+    of the same config, their heads trained on the forward clips, say which classes pair up there
+    (``scout_scores``, ``match_twins``). Rank 0's answer holds for every rank. Returns ``cfg`` with the pairs found in
     place of ``auto`` (none: ``[]``)."""
     import time
 
@@ -201,7 +201,8 @@ def find_reverse_pairs_from(cfg: Config, train_feats, model, classes: list[str])
     groups, found = twin_groups(probe), []
     if groups:
         plain = replace(cfg, data=replace(cfg.data, reverse_pairs=()))
-        scout = scout_scores(model, views, train_feats.labels, len(classes),
+        scout = scout_scores(lambda: model_from(cfg, len(classes)).place(model.input_device, model.output_device),
+                             views, train_feats.labels, len(classes),
                              criterion=loss_from(plain, train_feats.labels, classes).to(model.output_device),
                              batch_size=cfg.train.batch_size, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                              seed=cfg.train.seed)

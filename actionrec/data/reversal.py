@@ -14,7 +14,7 @@ reversing its frames: the feature cache applies it to cached features at no cost
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -167,22 +167,23 @@ def twin_groups(probe: torch.Tensor, *, related: float = RELATED_SCORE, suspect:
             if len(m) > 1 and any(probe[a, b] >= suspect for a in m for b in m if a < b)]
 
 
-def scout_scores(model: torch.nn.Module, views: Sequence[torch.Tensor], labels: Sequence[int], num_classes: int, *,
-                 criterion: torch.nn.Module, scouts: int = SCOUTS, epochs: int = SCOUT_EPOCHS, batch_size: int = 16,
-                 lr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0) -> torch.Tensor:
+def scout_scores(new_model: Callable[[], torch.nn.Module], views: Sequence[torch.Tensor], labels: Sequence[int],
+                 num_classes: int, *, criterion: torch.nn.Module, scouts: int = SCOUTS, epochs: int = SCOUT_EPOCHS,
+                 batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0) -> torch.Tensor:
     """Which class each class's clips look like when played backwards, to scout heads.
 
-    A scout is a copy of ``model`` whose trainable parts (the head; the frozen backbone is kept) are
-    initialised afresh from ``seed + k`` and trained ``epochs`` epochs on the forward clips only
-    (epoch e reads view e mod V, AdamW, ``criterion``); it then labels every training clip played
-    backwards. P[a][b] is its softmax for b averaged over a's clips, averaged over ``scouts``
-    scouts (one scout's scores near the bar change with its initialisation); the score is
-    (P[a][b] + P[b][a]) / 2. Unlike the probe it sees what the recipe's head sees, so it tells an
-    appear played backwards (a vanish) from an exit; but it has no "none of these" answer, so it
-    only decides inside ``twin_groups``. Runs under its own RNG state: the caller's draws are unchanged.
+    A scout is a fresh model from ``new_model()`` (the recipe's, built under seed ``seed + k``),
+    whose head trains ``epochs`` epochs on the forward clips only (epoch e reads view e mod V, AdamW,
+    ``criterion``); it then labels every training clip played backwards. P[a][b] is its softmax for
+    b averaged over a's clips, averaged over ``scouts`` scouts (one scout's scores near the bar change
+    with its seed); the score is (P[a][b] + P[b][a]) / 2. Unlike the probe it sees what the recipe's
+    head sees, so it tells an appear played backwards (a vanish) from an exit; but it has no "none of
+    these" answer, so it only decides inside ``twin_groups``. Runs under its own RNG state: the
+    caller's draws are unchanged, and the scores depend on ``seed``, not on the caller's model.
 
     Args:
-        model: a ``CNNLSTM`` with a frozen backbone (only ``forward_head`` runs), on its devices.
+        new_model: builds an untrained ``CNNLSTM`` with a frozen backbone, on its devices (only
+            ``forward_head`` runs).
         views: per training video, its (V, T, D) cached views.
         labels: the videos' class indices.
 
@@ -192,29 +193,22 @@ def scout_scores(model: torch.nn.Module, views: Sequence[torch.Tensor], labels: 
     y = torch.as_tensor(list(labels), dtype=torch.long)
     said = torch.zeros(num_classes, num_classes, dtype=torch.float64)
     for k in range(scouts):
-        said += _scout_says(model, views, y, num_classes, criterion=criterion, epochs=epochs, batch_size=batch_size,
-                            lr=lr, weight_decay=weight_decay, seed=seed + k)
+        said += _scout_says(new_model, views, y, num_classes, criterion=criterion, epochs=epochs,
+                            batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed + k)
     said /= scouts * torch.bincount(y, minlength=num_classes).clamp_min(1).double()[:, None]
     return (said + said.T) / 2
 
 
-def _scout_says(model, views, y, num_classes, *, criterion, epochs, batch_size, lr, weight_decay, seed) -> torch.Tensor:
+def _scout_says(new_model, views, y, num_classes, *, criterion, epochs, batch_size, lr, weight_decay, seed) -> torch.Tensor:
     """One scout (``scout_scores``): (C, C) sums over each class's clips played backwards of its softmax."""
-    import copy
-
-    scout = copy.deepcopy(model)
-    device = scout.output_device
-    trainable = [m for name, m in scout.named_modules()
-                 if name and not name.startswith("backbone") and any(p.requires_grad for p in m.parameters(recurse=False))]
-    params = [p for p in scout.parameters() if p.requires_grad]
     said = torch.zeros(num_classes, num_classes, dtype=torch.float64)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=gpus):  # the caller's CPU and GPU draws stay as they were
         torch.manual_seed(seed)
-        for m in trainable:  # a fresh head per scout (learned positions and the like keep the copy's values)
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+        scout = new_model()
+        device = scout.output_device
         order = torch.Generator().manual_seed(seed)
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        opt = torch.optim.AdamW([p for p in scout.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
         scout.train()
         for epoch in range(epochs):
             for idx in torch.randperm(len(views), generator=order).split(batch_size):
