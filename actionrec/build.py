@@ -200,10 +200,9 @@ def find_reverse_pairs_from(cfg: Config, train_feats, model, classes: list[str])
     probe = probe_scores(fwd, bwd, train_feats.labels, len(classes))
     groups, found = twin_groups(probe), []
     if groups:
-        plain = replace(cfg, data=replace(cfg.data, reverse_pairs=()))
         scout = scout_scores(lambda: model_from(cfg, len(classes)).place(model.input_device, model.output_device),
                              views, train_feats.labels, len(classes),
-                             criterion=loss_from(plain, train_feats.labels, classes).to(model.output_device),
+                             criterion=loss_from(cfg, train_feats.labels, classes).to(model.output_device),  # auto: no reversal yet
                              batch_size=cfg.train.batch_size, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                              seed=cfg.train.seed)
         found = match_twins(scout, groups)

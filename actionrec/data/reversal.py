@@ -148,23 +148,14 @@ def twin_groups(probe: torch.Tensor, *, related: float = RELATED_SCORE, suspect:
     components), each group kept only when one of its pairs scores ``suspect`` or more. Groups of a
     single class are dropped. A class is never its own twin here: that would teach a class to ignore
     its own direction on a guess."""
+    import networkx as nx
+
     c = probe.shape[0]
-    group = list(range(c))
-
-    def root(x: int) -> int:
-        while group[x] != x:
-            x = group[x]
-        return x
-
-    for a in range(c):
-        for b in range(a + 1, c):
-            if probe[a, b] >= related:
-                group[root(a)] = root(b)
-    members: dict[int, list[int]] = {}
-    for a in range(c):
-        members.setdefault(root(a), []).append(a)
-    return [m for m in members.values()
-            if len(m) > 1 and any(probe[a, b] >= suspect for a in m for b in m if a < b)]
+    graph = nx.Graph()
+    graph.add_nodes_from(range(c))
+    graph.add_edges_from((a, b) for a in range(c) for b in range(a + 1, c) if probe[a, b] >= related)
+    groups = sorted(sorted(g) for g in nx.connected_components(graph))  # by smallest class, members ascending
+    return [g for g in groups if len(g) > 1 and any(probe[a, b] >= suspect for a in g for b in g if a < b)]
 
 
 def scout_scores(new_model: Callable[[], torch.nn.Module], views: Sequence[torch.Tensor], labels: Sequence[int],
