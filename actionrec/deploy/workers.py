@@ -6,7 +6,9 @@ replaced, and either comes back as that job's error) for jobs that keep arriving
 request threads, without paying a process start per job. This pool reuses parallel.py's worker
 slots (one process, one pipe, one job at a time) and runs them from one manager thread; every
 new or replaced process first runs ``warmup`` (imports, model set-up) so that a job's time limit
-measures the job, not the worker's start.
+measures the job, not the worker's start. A job whose worker dies is run once more in a fresh
+process before it fails: the worker may have been killed from outside (the OOM killer, an
+operator), or killed just before the job reached it, through no fault of the job's.
 """
 
 from __future__ import annotations
@@ -37,19 +39,21 @@ class WorkerPool:
         timeout: seconds one job may run before its worker is killed and replaced.
         warmup: item given to every new process before any job (its result is discarded); None: none.
         start_method: multiprocessing start method ('spawn': no inherited decoder threads or locks).
+        crash_retries: times a job whose worker died is given to a fresh worker before it fails
+            (a job that crashes every worker costs 1 + crash_retries restarts). Timeouts are not retried.
 
     A job's Future always resolves with a ``TaskResult``: ``error`` is "timed out after N s",
     "worker killed by SIGSEGV" or "Type: first line" of an exception ``fn`` raised.
     """
 
     def __init__(self, fn: Callable[[Any], Any], *, workers: int, timeout: float, warmup: Any = None,
-                 start_method: str = "spawn"):
+                 start_method: str = "spawn", crash_retries: int = 1):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
-        self.fn, self.timeout, self.warmup = fn, float(timeout), warmup
+        self.fn, self.timeout, self.warmup, self.crash_retries = fn, float(timeout), warmup, crash_retries
         self._ctx = mp.get_context(start_method)
         self._lock = threading.Lock()
-        self._todo: deque[tuple[Any, Future]] = deque()
+        self._todo: deque[tuple[Any, Future, int]] = deque()  # (item, future, crashes so far)
         self._wake_r, self._wake_w = os.pipe()
         self._closed = False
         self.stats = {"jobs": 0, "timeouts": 0, "crashes": 0, "restarts": 0, "seconds": 0.0}
@@ -59,7 +63,7 @@ class WorkerPool:
 
     def _new_slot(self) -> _Slot:
         slot = _Slot(self._ctx, self.fn)
-        slot.future = None  # the Future of the job it holds; None while warming up or idle
+        slot.future, slot.crashes = None, 0  # the job it holds (None while warming up or idle) and its crashes so far
         if self.warmup is not None:
             slot.give(self.warmup)
         return slot
@@ -69,7 +73,7 @@ class WorkerPool:
         with self._lock:
             if self._closed:
                 raise RuntimeError("worker pool is closed")
-            self._todo.append((item, fut))
+            self._todo.append((item, fut, 0))
         os.write(self._wake_w, b"x")
         return fut
 
@@ -90,19 +94,19 @@ class WorkerPool:
                 if not slot.proc.is_alive():  # died while idle (killed from outside): replace, let it warm up
                     self._finish(i, slot, None, replace=True)
                     continue
-                item, fut = self._todo.popleft()
+                item, fut, crashes = self._todo.popleft()
                 if not fut.running() and not fut.set_running_or_notify_cancel():  # running: a requeued job
                     continue
                 try:
                     slot.give(item)
                 except OSError:  # died between the check and the send: the job never ran, so it waits again
-                    self._todo.appendleft((item, fut))
+                    self._todo.appendleft((item, fut, crashes))
                     self._finish(i, slot, None, replace=True)
                     continue
-                slot.future = fut
+                slot.future, slot.crashes = fut, crashes
 
-    def _finish(self, i: int, slot: _Slot, result: TaskResult | None, replace: bool) -> None:
-        fut, slot.busy, slot.future = slot.future, False, None
+    def _finish(self, i: int, slot: _Slot, result: TaskResult | None, replace: bool, crashed: bool = False) -> None:
+        fut, crashes, slot.busy, slot.future = slot.future, slot.crashes, False, None
         if replace:
             slot.stop(kill=True)
             self._slots[i] = self._new_slot()
@@ -110,6 +114,10 @@ class WorkerPool:
         if fut is None:
             if result is not None and result.error:
                 log.error("worker warm-up failed: %s", result.error)
+            return
+        if crashed and crashes < self.crash_retries:  # maybe not the job's fault: once more, in a fresh worker
+            with self._lock:
+                self._todo.appendleft((slot.item, fut, crashes + 1))
             return
         self.stats["jobs"] += 1
         self.stats["seconds"] += result.seconds
@@ -134,7 +142,7 @@ class WorkerPool:
                 if failure:
                     self.stats["crashes" if failure == "crash" else "timeouts"] += slot.future is not None
                 if result is not None:
-                    self._finish(i, slot, result, replace=failure is not None)
+                    self._finish(i, slot, result, replace=failure is not None, crashed=failure == "crash")
 
     def close(self) -> None:
         """Stop the manager thread and every process; jobs still waiting fail with RuntimeError."""
@@ -149,7 +157,7 @@ class WorkerPool:
             if slot.future is not None and not slot.future.done():
                 slot.future.set_exception(RuntimeError("worker pool closed"))
             slot.stop(kill=slot.busy)
-        for _, fut in todo:
+        for _, fut, _ in todo:
             if fut.set_running_or_notify_cancel():
                 fut.set_exception(RuntimeError("worker pool closed"))
         os.close(self._wake_r)
