@@ -8,6 +8,7 @@ config section into explicit keyword arguments for a builder under ``data/``, ``
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -17,7 +18,7 @@ from actionrec.config import Config, DataConfig, ModelConfig
 from actionrec.data.dataset import DecodeFailures, VideoClipDataset, class_counts
 from actionrec.data.reversal import (TimeReversal, match_twins, probe_scores, reverse_pairs_to_indices,
                                      scout_scores, twin_groups, twin_report)
-from actionrec.data.loader import build_loader
+from actionrec.data.loader import BALANCE_POWER, build_loader
 from actionrec.data.splits import DatasetSplit, load_split
 from actionrec.data.synthetic import ensure_synthetic_dataset
 from actionrec.data.transforms import eval_transform, train_transform
@@ -254,16 +255,24 @@ def distiller_from(cfg: Config, class_names: list[str], cnn_device, head_device,
 
 def loss_from(cfg: Config, train_labels: list[int], classes: list[str]):
     """The loss of ``loss``; ``alpha=auto`` weighs the classes by the inverse of how many training
-    clips each gets per epoch (``data.reverse_pairs`` moves some to their twin)."""
+    clips each gets per epoch (``data.reverse_pairs`` moves some to their twin); ``logit_adjust``
+    shifts the loss's logits by tau * log of that share (with ``data.balance``: of the share drawn)."""
     num_classes = len(classes)
-    alpha = cfg.loss.alpha
+    alpha, tau = cfg.loss.alpha, cfg.loss.logit_adjust
+    counts = class_counts(train_labels, num_classes)
+    reversal = reversal_from(cfg, classes)
+    per_epoch = reversal.expected_counts(counts) if reversal else counts
     if alpha == "auto":
-        counts = class_counts(train_labels, num_classes)
-        reversal = reversal_from(cfg, classes)
-        alpha = inverse_frequency_alpha(reversal.expected_counts(counts) if reversal else counts)
+        alpha = inverse_frequency_alpha(per_epoch)
     elif isinstance(alpha, list) and len(alpha) != num_classes:
         raise ValueError(f"loss.alpha has {len(alpha)} weights but the dataset has {num_classes} classes")
-    return create_loss(cfg.loss.name, gamma=cfg.loss.gamma, alpha=alpha, label_smoothing=cfg.loss.label_smoothing)
+    shift = None
+    if tau > 0:  # the prior: each class's share of an epoch's clips, as data.balance draws them
+        drawn = [float(c) ** (1.0 - BALANCE_POWER.get(cfg.data.balance, 0.0)) if c else 0.0 for c in counts]
+        prior = [max(c, 1e-3) for c in (reversal.expected_counts(drawn) if reversal else drawn)]  # not log(0)
+        shift = [tau * math.log(c / sum(prior)) for c in prior]
+    return create_loss(cfg.loss.name, gamma=cfg.loss.gamma, alpha=alpha, label_smoothing=cfg.loss.label_smoothing,
+                       logit_shift=shift)
 
 
 def optimizer_kwargs(cfg: Config) -> dict:

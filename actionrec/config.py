@@ -124,6 +124,7 @@ class LossConfig:
     gamma: float = 2.0
     alpha: str | list[float] | None = None  # None, "auto" (inverse class frequency) or one weight per class
     label_smoothing: float = 0.0
+    logit_adjust: float = 0.0  # tau: the loss sees logits + tau * log(class prior) (Menon et al. 2021); 0 = off
 
 
 @dataclass(frozen=True)
@@ -506,6 +507,7 @@ def _validate_model(m: ModelConfig) -> None:
 def _validate_loss(lo: LossConfig) -> None:
     _check(lo.gamma >= 0, "loss.gamma", lo.gamma, "must be >= 0")
     _check(0 <= lo.label_smoothing < 1, "loss.label_smoothing", lo.label_smoothing, "must be in [0, 1)")
+    _check(lo.logit_adjust >= 0, "loss.logit_adjust", lo.logit_adjust, "must be >= 0")
     if isinstance(lo.alpha, str):
         _check(lo.alpha == "auto", "loss.alpha", lo.alpha, "must be null, 'auto' or a list of per-class weights")
     elif isinstance(lo.alpha, list):

@@ -33,6 +33,8 @@ class FocalLoss(nn.Module):
         alpha: optional per-class weights (length num_classes), applied by target class.
         label_smoothing: as in ``F.cross_entropy``.
         reduction: 'mean' (alpha-weighted mean, like ``F.cross_entropy`` with ``weight``), 'sum' or 'none'.
+        logit_shift: optional per-class offsets added to the logits inside the loss only (logit
+            adjustment, Menon et al. 2021: tau * log(class prior)); predictions use the raw logits.
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class FocalLoss(nn.Module):
         alpha: Sequence[float] | None = None,
         label_smoothing: float = 0.0,
         reduction: str = "mean",
+        logit_shift: Sequence[float] | None = None,
     ):
         super().__init__()
         if reduction not in ("mean", "sum", "none"):
@@ -49,11 +52,17 @@ class FocalLoss(nn.Module):
         self.label_smoothing = float(label_smoothing)
         self.reduction = reduction
         self.register_buffer("alpha", torch.tensor(alpha, dtype=torch.float32) if alpha is not None else None)
+        self.register_buffer("logit_shift", torch.tensor(logit_shift, dtype=torch.float32) if logit_shift is not None else None)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         # fp32 regardless of autocast: log-softmax of bf16 logits loses too much precision.
-        logp = F.log_softmax(logits.float(), dim=-1)  # (B, K)
+        logits = logits.float()
         k = logits.shape[-1]
+        if self.logit_shift is not None:
+            if self.logit_shift.numel() != k:
+                raise ValueError(f"logit_shift has {self.logit_shift.numel()} offsets but there are {k} classes")
+            logits = logits + self.logit_shift.to(logits.device)
+        logp = F.log_softmax(logits, dim=-1)  # (B, K)
         q = F.one_hot(target, k).to(logp.dtype)
         if self.label_smoothing > 0:
             q = q * (1 - self.label_smoothing) + self.label_smoothing / k
@@ -74,11 +83,14 @@ class FocalLoss(nn.Module):
 
 
 def create_loss(
-    name: str, *, gamma: float = 2.0, alpha: Sequence[float] | None = None, label_smoothing: float = 0.0
+    name: str, *, gamma: float = 2.0, alpha: Sequence[float] | None = None, label_smoothing: float = 0.0,
+    logit_shift: Sequence[float] | None = None,
 ) -> nn.Module:
-    """'focal' -> FocalLoss, 'ce' -> nn.CrossEntropyLoss (alpha used as class weights)."""
-    if name == "focal":
-        return FocalLoss(gamma=gamma, alpha=alpha, label_smoothing=label_smoothing)
+    """'focal' -> FocalLoss, 'ce' -> nn.CrossEntropyLoss (alpha used as class weights; with
+    ``logit_shift`` a FocalLoss with gamma 0, which is the same cross-entropy)."""
+    if name == "focal" or (name == "ce" and logit_shift is not None):
+        return FocalLoss(gamma=gamma if name == "focal" else 0.0, alpha=alpha, label_smoothing=label_smoothing,
+                         logit_shift=logit_shift)
     if name == "ce":
         weight = torch.tensor(alpha, dtype=torch.float32) if alpha is not None else None
         return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)

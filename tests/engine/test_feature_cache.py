@@ -206,7 +206,7 @@ def test_augmented_views_are_the_train_pipeline_and_epochs_cycle_through_them(ti
 def test_train_tool_with_augmented_views_motion_and_transformer(tiny_root, tmp_path, pairs, grid, capsys):
     """The cpu_pretrained recipe's path: K cached train views, motion features, the appearance
     contrast (channel means, or with the recipe's contrast_grid=2 also their cells), transformer head,
-    reverse pairs named or found; the checkpoint then runs on raw clips
+    logit-adjusted cross-entropy, reverse pairs named or found; the checkpoint then runs on raw clips
     (eval, demo) without the cache."""
     from tests.helpers import load_tool
 
@@ -216,7 +216,7 @@ def test_train_tool_with_augmented_views_motion_and_transformer(tiny_root, tmp_p
         "data.crop_size=32", "data.num_workers=0", "model.backbone=test_resnet", "model.hidden_size=16",
         "model.freeze_backbone=true", "model.temporal=transformer", "model.motion=only", "model.motion_map=4",
         "model.contrast=8", f"model.contrast_grid={grid}", f"data.reverse_pairs={pairs}", "train.cache_features=true", "train.cache_views=3",
-        "train.batch_size=4", "train.epochs=2",
+        "train.batch_size=4", "train.epochs=2", "loss.name=ce", "loss.alpha=null", "loss.logit_adjust=1.0",
         "train.device=cpu", "train.cpu_threads=1", "logging.wandb.mode=disabled", f"train.output_dir={tmp_path / 'runs'}",
         "train.name=views",
     ]

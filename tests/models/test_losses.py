@@ -92,3 +92,49 @@ def test_create_loss_and_alpha_size_check(batch):
         FocalLoss(alpha=[1, 1, 1])(logits, y)
     with pytest.raises(ValueError, match="unknown loss"):
         create_loss("hinge")
+
+
+def test_logit_shift_is_cross_entropy_of_shifted_logits(batch):
+    logits, y = batch
+    shift = [math.log(p) for p in (0.4, 0.2, 0.1, 0.1, 0.1, 0.05, 0.05)]
+    got = FocalLoss(gamma=0.0, logit_shift=shift)(logits, y)
+    torch.testing.assert_close(got, F.cross_entropy(logits + torch.tensor(shift), y), rtol=1e-6, atol=1e-6)
+    focal = FocalLoss(gamma=2.0, logit_shift=shift)(logits, y).item()
+    assert focal == pytest.approx(reference_focal(logits + torch.tensor(shift), y, 2.0), rel=1e-5)
+    # The loss pushes a rare class's own logit further than plain cross-entropy does.
+    x = torch.zeros(1, 7, requires_grad=True)
+    FocalLoss(gamma=0.0, logit_shift=shift)(x, torch.tensor([6])).backward()
+    plain = torch.zeros(1, 7, requires_grad=True)
+    F.cross_entropy(plain, torch.tensor([6])).backward()
+    assert x.grad[0, 6] < plain.grad[0, 6] < 0
+    with pytest.raises(ValueError, match="logit_shift has 2 offsets but there are 7 classes"):
+        FocalLoss(logit_shift=[0.0, 0.0])(logits, y)
+
+
+def test_loss_logit_adjust_from_config():
+    from actionrec import build
+    from actionrec.config import ConfigError, load_config
+
+    labels, classes = [0] * 30 + [1] * 10 + [2] * 5, ["a", "b", "c"]
+    cfg = load_config(None, ["loss.name=ce", "loss.logit_adjust=1.5"])
+    loss = build.loss_from(cfg, labels, classes)
+    assert isinstance(loss, FocalLoss) and loss.gamma == 0.0 and loss.alpha is None  # cross-entropy, shifted
+    torch.testing.assert_close(loss.logit_shift, 1.5 * torch.tensor([30 / 45, 10 / 45, 5 / 45]).log())
+    # With twins, the prior is what an epoch shows: half of a's and b's clips played backwards as the other.
+    cfg = load_config(None, ["loss.logit_adjust=1.0", "data.reverse_pairs=[[a, b]]"])
+    torch.testing.assert_close(build.loss_from(cfg, labels, classes).logit_shift,
+                               torch.tensor([20 / 45, 20 / 45, 5 / 45]).log())
+    assert build.loss_from(load_config(None, []), labels, classes).logit_shift is None
+    with pytest.raises(ConfigError, match="loss.logit_adjust=-1.0: must be >= 0"):
+        load_config(None, ["loss.logit_adjust=-1.0"])
+
+
+def test_logit_adjust_prior_follows_balanced_sampling():
+    from actionrec import build
+    from actionrec.config import load_config
+
+    labels, classes = [0] * 36 + [1] * 9 + [2] * 4, ["a", "b", "c"]
+    shift = lambda *o: build.loss_from(load_config(None, ["loss.logit_adjust=1.0", *o]), labels, classes).logit_shift
+    # sqrt: weight count^-1/2 per video, so a class is drawn in proportion to sqrt(count): 6 : 3 : 2.
+    torch.testing.assert_close(shift("data.balance=sqrt"), torch.tensor([6 / 11, 3 / 11, 2 / 11]).log())
+    torch.testing.assert_close(shift("data.balance=inverse"), torch.full((3,), 1 / 3).log())  # uniform: no shift but a constant
