@@ -158,7 +158,7 @@ class WorkerPool:
                 slot.future.set_exception(RuntimeError("worker pool closed"))
             slot.stop(kill=slot.busy)
         for _, fut, _ in todo:
-            if fut.set_running_or_notify_cancel():
+            if fut.running() or fut.set_running_or_notify_cancel():  # running: requeued after a crash
                 fut.set_exception(RuntimeError("worker pool closed"))
         os.close(self._wake_r)
         os.close(self._wake_w)

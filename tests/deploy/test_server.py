@@ -224,3 +224,23 @@ def test_batched_timeline_equals_the_demo_classifier_frame_by_frame(served, tmp_
     for entry, pred in zip(answer["timeline"], preds):
         assert [c["label"] for c in entry["top"]] == [n for n, _ in pred.topk]
         np.testing.assert_allclose([c["score"] for c in entry["top"]], [p for _, p in pred.topk], atol=2e-6)
+
+
+def test_worker_pool_close_fails_a_job_waiting_for_its_retry(tmp_path):
+    # The job kills its worker; its retry waits for the fresh worker's warm-up, which is slow once
+    # the marker exists. Closing the pool then fails the waiting job cleanly.
+    marker = tmp_path / "slow"
+    pool = WorkerPool(eval, workers=1, timeout=60.0,
+                      warmup=f"__import__('time').sleep(30) if __import__('os').path.exists({str(marker)!r}) else 0")
+    try:
+        assert pool.wait_ready(60)
+        marker.touch()
+        fut = pool.submit("__import__('os').kill(__import__('os').getpid(), 9)")
+        deadline = time.monotonic() + 30
+        while pool.stats["crashes"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pool.stats["crashes"] == 1 and not fut.done()  # waiting for its retry
+    finally:
+        pool.close()
+    with pytest.raises(RuntimeError, match="worker pool closed"):
+        fut.result(timeout=10)
