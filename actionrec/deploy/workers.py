@@ -6,9 +6,10 @@ replaced, and either comes back as that job's error) for jobs that keep arriving
 request threads, without paying a process start per job. This pool reuses parallel.py's worker
 slots (one process, one pipe, one job at a time) and runs them from one manager thread; every
 new or replaced process first runs ``warmup`` (imports, model set-up) so that a job's time limit
-measures the job, not the worker's start. A job whose worker dies is run once more in a fresh
-process before it fails: the worker may have been killed from outside (the OOM killer, an
-operator), or killed just before the job reached it, through no fault of the job's.
+measures the job, not the worker's start. A job whose worker dies is run once more in a process
+started after that, before it fails: the worker may have been killed from outside (the OOM killer,
+an operator), or killed just before the job reached it, through no fault of the job's. (Only a newer
+process will do: a worker killed together with it may still look alive while its threads exit.)
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class WorkerPool:
         self.fn, self.timeout, self.warmup, self.crash_retries = fn, float(timeout), warmup, crash_retries
         self._ctx = mp.get_context(start_method)
         self._lock = threading.Lock()
-        self._todo: deque[tuple[Any, Future, int]] = deque()  # (item, future, crashes so far)
+        self._todo: deque[tuple[Any, Future, int, float]] = deque()  # (item, future, crashes so far, last crash)
         self._wake_r, self._wake_w = os.pipe()
         self._closed = False
         self.stats = {"jobs": 0, "timeouts": 0, "crashes": 0, "restarts": 0, "seconds": 0.0}
@@ -64,6 +65,7 @@ class WorkerPool:
     def _new_slot(self) -> _Slot:
         slot = _Slot(self._ctx, self.fn)
         slot.future, slot.crashes = None, 0  # the job it holds (None while warming up or idle) and its crashes so far
+        slot.born = time.monotonic()
         if self.warmup is not None:
             slot.give(self.warmup)
         return slot
@@ -73,7 +75,7 @@ class WorkerPool:
         with self._lock:
             if self._closed:
                 raise RuntimeError("worker pool is closed")
-            self._todo.append((item, fut, 0))
+            self._todo.append((item, fut, 0, float("-inf")))
         os.write(self._wake_w, b"x")
         return fut
 
@@ -94,19 +96,25 @@ class WorkerPool:
                 if not slot.proc.is_alive():  # died while idle (killed from outside): replace, let it warm up
                     self._finish(i, slot, None, replace=True)
                     continue
-                item, fut, crashes = self._todo.popleft()
+                k = next((k for k, job in enumerate(self._todo) if slot.born > job[3]), None)
+                if k is None:  # only retries, waiting for a process started after their crash
+                    continue
+                job = self._todo[k]
+                del self._todo[k]
+                item, fut, crashes, _ = job
                 if not fut.running() and not fut.set_running_or_notify_cancel():  # running: a requeued job
                     continue
                 try:
                     slot.give(item)
                 except OSError:  # died between the check and the send: the job never ran, so it waits again
-                    self._todo.appendleft((item, fut, crashes))
+                    self._todo.appendleft(job)
                     self._finish(i, slot, None, replace=True)
                     continue
                 slot.future, slot.crashes = fut, crashes
 
     def _finish(self, i: int, slot: _Slot, result: TaskResult | None, replace: bool, crashed: bool = False) -> None:
         fut, crashes, slot.busy, slot.future = slot.future, slot.crashes, False, None
+        now = time.monotonic()
         if replace:
             slot.stop(kill=True)
             self._slots[i] = self._new_slot()
@@ -117,7 +125,7 @@ class WorkerPool:
             return
         if crashed and crashes < self.crash_retries:  # maybe not the job's fault: once more, in a fresh worker
             with self._lock:
-                self._todo.appendleft((slot.item, fut, crashes + 1))
+                self._todo.appendleft((slot.item, fut, crashes + 1, now))
             return
         self.stats["jobs"] += 1
         self.stats["seconds"] += result.seconds
@@ -157,7 +165,7 @@ class WorkerPool:
             if slot.future is not None and not slot.future.done():
                 slot.future.set_exception(RuntimeError("worker pool closed"))
             slot.stop(kill=slot.busy)
-        for _, fut, _ in todo:
+        for _, fut, _, _ in todo:
             if fut.running() or fut.set_running_or_notify_cancel():  # running: requeued after a crash
                 fut.set_exception(RuntimeError("worker pool closed"))
         os.close(self._wake_r)

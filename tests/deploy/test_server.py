@@ -226,6 +226,21 @@ def test_batched_timeline_equals_the_demo_classifier_frame_by_frame(served, tmp_
         np.testing.assert_allclose([c["score"] for c in entry["top"]], [p for _, p in pred.topk], atol=2e-6)
 
 
+def test_worker_pool_retries_only_in_a_process_started_after_the_crash():
+    # Both workers are doomed (as when both were killed together and still look alive): the job dies
+    # in whichever of them runs it. Its retry must wait for the replacement, not take the other one.
+    pool = WorkerPool(eval, workers=2, timeout=60.0, warmup="0")
+    try:
+        assert pool.wait_ready(60)
+        doomed = {s.proc.pid for s in pool._slots}
+        os_ = "__import__('os')"
+        res = pool.submit(f"{os_}.kill({os_}.getpid(), 9) if {os_}.getpid() in {doomed} else {os_}.getpid()").result(timeout=60)
+        assert res.error is None and res.value not in doomed
+        assert pool.stats["crashes"] == 1 and pool.stats["jobs"] == 1
+    finally:
+        pool.close()
+
+
 def test_worker_pool_close_fails_a_job_waiting_for_its_retry(tmp_path):
     # The job kills its worker; its retry waits for the fresh worker's warm-up, which is slow once
     # the marker exists. Closing the pool then fails the waiting job cleanly.
