@@ -4,6 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from actionrec import build
+from actionrec.config import ConfigError, load_config
 from actionrec.models.losses import FocalLoss, create_loss, inverse_frequency_alpha
 
 
@@ -112,9 +114,6 @@ def test_logit_shift_is_cross_entropy_of_shifted_logits(batch):
 
 
 def test_loss_logit_adjust_from_config():
-    from actionrec import build
-    from actionrec.config import ConfigError, load_config
-
     labels, classes = [0] * 30 + [1] * 10 + [2] * 5, ["a", "b", "c"]
     cfg = load_config(None, ["loss.name=ce", "loss.logit_adjust=1.5"])
     loss = build.loss_from(cfg, labels, classes)
@@ -130,9 +129,6 @@ def test_loss_logit_adjust_from_config():
 
 
 def test_logit_adjust_prior_follows_balanced_sampling():
-    from actionrec import build
-    from actionrec.config import load_config
-
     labels, classes = [0] * 36 + [1] * 9 + [2] * 4, ["a", "b", "c"]
     shift = lambda *o: build.loss_from(load_config(None, ["loss.logit_adjust=1.0", *o]), labels, classes).logit_shift
     # sqrt: weight count^-1/2 per video, so a class is drawn in proportion to sqrt(count): 6 : 3 : 2.
