@@ -108,6 +108,7 @@ class ModelConfig:
     # > 0: each position's correlation becomes a softmax over displacements at this temperature
     # before the cells are averaged (share of positions moving each way); 0: raw cosine similarities.
     motion_softmax: float = 0.0
+    motion_radius: int = 2  # displacements correlated: up to N map cells (N x 8 px of the crop) each way
     # Width of the end-minus-start appearance contrast that joins the lstm/transformer head's pooled
     # output (models.heads.TemporalContrast; 0: off). Separates time-reversed twins by what is there
     # before and after (appear vs vanish), which motion-only heads cannot see.
@@ -494,6 +495,7 @@ def _validate_model(m: ModelConfig) -> None:
     _check(2 <= m.motion_map <= 64, "model.motion_map", m.motion_map, "must be in [2, 64]")
     _check(0 <= m.contrast <= 4096, "model.contrast", m.contrast, "must be in [0, 4096]")
     _check(0 <= m.motion_softmax <= 10, "model.motion_softmax", m.motion_softmax, "must be in [0, 10]")
+    _check(1 <= m.motion_radius <= 8, "model.motion_radius", m.motion_radius, "must be in [1, 8]")
     _check(1 <= m.contrast_grid <= 16, "model.contrast_grid", m.contrast_grid, "must be in [1, 16]")
     _check(not (m.contrast and m.temporal == "none"), "model.contrast", m.contrast,
            "needs model.temporal lstm or transformer (the frame-averaging baseline stays order-blind)")

@@ -20,6 +20,8 @@ from timm.models import group_parameters
 
 from actionrec.models.heads import DROPOUT, LSTMHead, MeanHead, MotionCorrelation, TemporalContrast, TransformerHead, valid_mask
 
+ORDER_RADIUS = 2  # the motion correlation's reach in ``CNNLSTM.order_summary`` (data.reverse_pairs=auto)
+
 
 def _load_state_dict(path: str | Path) -> dict:
     # weights_only: a weights file must never be able to run code.
@@ -156,6 +158,8 @@ class CNNLSTM(nn.Module):
             demo and ONNX export; the correlation runs in ``forward_head``.
         motion_map: side of the pooled map the correlation runs on.
         motion_softmax: ``MotionCorrelation``'s temperature (0: raw cosine similarities).
+        motion_radius: ``MotionCorrelation``'s reach in map cells each way (a stride-8 map: 8
+            pixels of the crop per cell). ``order_summary`` keeps radius 2 whatever it is.
         contrast: width of a ``TemporalContrast`` branch (0: none): the end-minus-start change of
             the frames' mid-level appearance (the channel means of the deepest stride-16 stage,
             appended to each frame's features) joins the temporal head's pooled output. With
@@ -184,6 +188,7 @@ class CNNLSTM(nn.Module):
         motion: str = "none",
         motion_map: int = 10,
         motion_softmax: float = 0.0,
+        motion_radius: int = 2,
         contrast: int = 0,
         contrast_grid: int = 1,
     ):
@@ -217,7 +222,12 @@ class CNNLSTM(nn.Module):
             self._motion_channels = channels = self._hook_stage(8, "motion")
             self.motion_dim = channels * motion_map**2
             self.feature_dim += self.motion_dim
-            self.motion_corr = MotionCorrelation(channels, motion_map, temperature=motion_softmax)
+            self.motion_corr = MotionCorrelation(channels, motion_map, radius=motion_radius,
+                                                 temperature=motion_softmax)
+            # order_summary reads radius 2's raw similarities whatever the head's reach (the twin bars
+            # were measured on them); parameter-free, so not in the state dict.
+            self.order_corr = (self.motion_corr if motion_radius == ORDER_RADIUS
+                               else MotionCorrelation(channels, motion_map, radius=ORDER_RADIUS))
             head_in = self.motion_corr.out_dim + (self.appearance_dim if motion == "add" else 0)
         self._build_contrast(contrast, contrast_grid, temporal)
         self.head = _temporal_head(temporal, head_in, num_classes, dict(head_kwargs or {}), extra_dim=contrast)
@@ -376,8 +386,9 @@ class CNNLSTM(nn.Module):
         a, q = self.appearance_dim, max(1, feats.shape[1] // 4)
         parts = []
         if self.motion != "none" and feats.shape[1] > 1:
-            # Raw similarities whatever model.motion_softmax: the twin bars were measured on them.
-            parts.append(self.motion_corr(feats[..., a : a + self.motion_dim], raw=True)[:, :-1].mean(1))
+            # Raw radius-2 similarities whatever model.motion_softmax and motion_radius: the twin bars
+            # were measured on them.
+            parts.append(self.order_corr(feats[..., a : a + self.motion_dim], raw=True)[:, :-1].mean(1))
         if self.contrast is not None:  # the channel means (not the cells: what the twin bars were measured on)
             state = feats[..., -self.contrast_dim :][..., : self.contrast_channels]
         else:

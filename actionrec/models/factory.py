@@ -29,7 +29,7 @@ def create_model(family: str = "cnn_lstm", **kwargs) -> nn.Module:
         **kwargs: ``num_classes``; the backbone's ``backbone``, ``pretrained``, ``pretrained_format``
             (``cnn_lstm.create_backbone``); the head's ``HEAD_DEFAULTS`` keys; the rest go to ``CNNLSTM``
             (temporal, feature_grid, freeze_backbone, freeze_stages, grad_checkpointing, channels_last,
-            motion, motion_map, motion_softmax, contrast, contrast_grid).
+            motion, motion_map, motion_softmax, motion_radius, contrast, contrast_grid).
     """
     if family != "cnn_lstm":
         raise ValueError(f"unknown model family {family!r}; choose from ['cnn_lstm']")

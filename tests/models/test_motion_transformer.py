@@ -171,6 +171,48 @@ def test_motion_softmax_changes_what_the_head_sees_not_the_twin_summaries():
         load_config(None, ["model.motion_softmax=-0.1"])
 
 
+@pytest.mark.parametrize("size", [8, 24])  # the all-pairs product and the per-displacement path
+def test_motion_radius_reaches_a_shift_of_three_cells(size):
+    torch.manual_seed(0)
+    c = 5
+    first = torch.randn(1, c, size, size)
+    shifted = torch.roll(first, shifts=3, dims=3)  # everything moves 3 cells right
+    maps = torch.stack([first, shifted], 1).reshape(1, 2, c * size * size)
+    near, far = MotionCorrelation(c, size, radius=2, grid=1), MotionCorrelation(c, size, radius=4, grid=1)
+    assert near.out_dim == 25 and far.out_dim == 81
+    vol_near, vol_far = near(maps)[0, 0], far(maps)[0, 0]  # (D2,) cell means of step 0 -> 1
+    # Radius 4 holds the match: the (dy, dx) = (0, +3) displacement, similarity 1 where it stays in the map.
+    assert int(vol_far.argmax()) == 4 * 9 + (4 + 3)
+    torch.testing.assert_close(vol_far[4 * 9 + 7], torch.tensor((size - 3) / size), atol=1e-5, rtol=0)
+    assert float(vol_near.max()) < 0.5  # radius 2 sees only mismatches
+
+
+def test_motion_radius_changes_what_the_head_sees_not_the_twin_summaries():
+    clips = torch.randn(2, 5, 3, 48, 48)
+    models = []
+    for radius in (2, 4):
+        torch.manual_seed(0)
+        models.append(create_model("cnn_lstm", num_classes=4, backbone="test_resnet", temporal="transformer",
+                                   motion="only", motion_map=6, hidden_size=16, motion_softmax=0.1,
+                                   motion_radius=radius).eval())
+    r2, r4 = models
+    assert r4.motion_corr.out_dim == 81 * 9 and r2.motion_corr.out_dim == 25 * 9
+    feats = r2.clip_features(clips)
+    torch.testing.assert_close(r4.clip_features(clips), feats)  # the cached features do not change
+    assert r4(feats).shape == (2, 4)
+    # data.reverse_pairs=auto's summaries read radius 2 either way (its bars were measured on them).
+    torch.testing.assert_close(r4.order_summary(feats), r2.order_summary(feats))
+    # Parameter-free: the backbone's and contrast's weights are the same keys (a radius-2 checkpoint's
+    # backbone loads), only the head's input layer widens.
+    outside_head = [{k for k in m.state_dict() if not k.startswith("head.")} for m in models]
+    assert outside_head[0] == outside_head[1] and not any("corr" in k for k in outside_head[0])
+    from actionrec.config import ConfigError, load_config
+
+    for bad in (0, 9):
+        with pytest.raises(ConfigError, match="model.motion_radius"):
+            load_config(None, [f"model.motion_radius={bad}"])
+
+
 def test_motion_needs_a_stride8_stage():
     with pytest.raises(ValueError, match="stride-8"):
         create_model("cnn_lstm", num_classes=2, backbone="vit_tiny_patch16_224", motion="only", hidden_size=8)
