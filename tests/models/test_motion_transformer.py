@@ -151,14 +151,20 @@ def test_model_with_motion_features(temporal, motion):
                                rtol=1e-4, atol=1e-5)
 
 
-def test_motion_softmax_changes_what_the_head_sees_not_the_twin_summaries():
-    clips = torch.randn(2, 5, 3, 48, 48)
+def _motion_models(**variants) -> list:
+    """Transformer models with motion features, the same seed, one per value of the one keyword given."""
+    (key, values), = variants.items()
     models = []
-    for tau in (0.0, 0.1):
+    for value in values:
         torch.manual_seed(0)
         models.append(create_model("cnn_lstm", num_classes=4, backbone="test_resnet", temporal="transformer",
-                                   motion="only", motion_map=6, hidden_size=16, motion_softmax=tau).eval())
-    raw, soft = models
+                                   motion="only", motion_map=6, hidden_size=16, **{key: value}).eval())
+    return models
+
+
+def test_motion_softmax_changes_what_the_head_sees_not_the_twin_summaries():
+    clips = torch.randn(2, 5, 3, 48, 48)
+    raw, soft = _motion_models(motion_softmax=(0.0, 0.1))
     assert soft.motion_corr.temperature == 0.1 and raw.motion_corr.temperature == 0.0
     feats = raw.clip_features(clips)
     torch.testing.assert_close(soft.clip_features(clips), feats)
@@ -189,13 +195,7 @@ def test_motion_radius_reaches_a_shift_of_three_cells(size):
 
 def test_motion_radius_changes_what_the_head_sees_not_the_twin_summaries():
     clips = torch.randn(2, 5, 3, 48, 48)
-    models = []
-    for radius in (2, 4):
-        torch.manual_seed(0)
-        models.append(create_model("cnn_lstm", num_classes=4, backbone="test_resnet", temporal="transformer",
-                                   motion="only", motion_map=6, hidden_size=16, motion_softmax=0.1,
-                                   motion_radius=radius).eval())
-    r2, r4 = models
+    models = r2, r4 = _motion_models(motion_radius=(2, 4))
     assert r4.motion_corr.out_dim == 81 * 9 and r2.motion_corr.out_dim == 25 * 9
     feats = r2.clip_features(clips)
     torch.testing.assert_close(r4.clip_features(clips), feats)  # the cached features do not change
