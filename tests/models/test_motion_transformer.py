@@ -202,8 +202,8 @@ def test_motion_radius_changes_what_the_head_sees_not_the_twin_summaries():
     assert r4(feats).shape == (2, 4)
     # data.reverse_pairs=auto's summaries read radius 2 either way (its bars were measured on them).
     torch.testing.assert_close(r4.order_summary(feats), r2.order_summary(feats))
-    # Parameter-free: the backbone's and contrast's weights are the same keys (a radius-2 checkpoint's
-    # backbone loads), only the head's input layer widens.
+    # Parameter-free: outside the head the keys are the same (a radius-2 checkpoint's backbone loads);
+    # only the head's input layer widens.
     outside_head = [{k for k in m.state_dict() if not k.startswith("head.")} for m in models]
     assert outside_head[0] == outside_head[1] and not any("corr" in k for k in outside_head[0])
     from actionrec.config import ConfigError, load_config
