@@ -19,6 +19,7 @@ from actionrec.data.dataset import DecodeFailures, VideoClipDataset, class_count
 from actionrec.data.reversal import (TimeReversal, match_twins, probe_scores, reverse_pairs_to_indices,
                                      scout_scores, twin_groups, twin_report)
 from actionrec.data.loader import BALANCE_POWER, build_loader
+from actionrec.data.mirror import Mirror, flip_frames, mirror_label_map, mirror_labels, mirror_report
 from actionrec.data.splits import DatasetSplit, load_split
 from actionrec.data.synthetic import ensure_synthetic_dataset
 from actionrec.data.transforms import eval_transform, train_transform
@@ -85,7 +86,7 @@ def sampling_spec(data: DataConfig) -> dict:
 
 def reversal_from(cfg: Config, classes) -> TimeReversal | None:
     """``data.reverse_pairs`` as a ``TimeReversal`` (None without pairs, and for ``auto`` until
-    ``find_reverse_pairs_from`` has replaced it by the pairs found).
+    ``find_twins_from`` has replaced it by the pairs found).
 
     Raises:
         ConfigError: a named class is not one of ``classes``.
@@ -96,9 +97,23 @@ def reversal_from(cfg: Config, classes) -> TimeReversal | None:
                         seed=cfg.train.seed)
 
 
+def mirror_from(cfg: Config, classes, flip=flip_frames) -> Mirror | None:
+    """``data.mirror_pairs`` as a ``Mirror`` flipping clips with ``flip`` (frames; cached features:
+    ``CNNLSTM.mirror_features``); None without pairs, and for ``auto`` until ``find_twins_from``
+    has replaced it by what it found.
+
+    Raises:
+        ConfigError: a named class is not one of ``classes``.
+    """
+    if not cfg.data.mirror_pairs or cfg.data.mirror_pairs == "auto":
+        return None
+    pairs = reverse_pairs_to_indices(cfg.data.mirror_pairs, list(classes), key="data.mirror_pairs")
+    return Mirror(mirror_label_map(pairs), flip, cfg.data.mirror_prob, seed=cfg.train.seed)
+
+
 def train_dataset(cfg: Config, split: DatasetSplit, *, reverse: bool = True) -> VideoClipDataset:
-    """The training clips; ``reverse=False`` leaves out ``data.reverse_pairs`` (the feature cache's
-    views, which reverse at read time)."""
+    """The training clips; ``reverse=False`` leaves out ``data.reverse_pairs`` and ``data.mirror_pairs``
+    (the feature cache's views, which reverse and mirror at read time)."""
     return VideoClipDataset(
         split.train,
         sampling=cfg.data.sampling,
@@ -108,6 +123,7 @@ def train_dataset(cfg: Config, split: DatasetSplit, *, reverse: bool = True) -> 
         seek=cfg.data.seek,
         seed=cfg.train.seed,
         reversal=reversal_from(cfg, split.classes) if reverse else None,
+        mirror=mirror_from(cfg, split.classes) if reverse else None,
     )
 
 
@@ -167,27 +183,33 @@ def use_cached_features(cfg: Config, data: TrainData, split: DatasetSplit, model
                         world_size: int = 1, barrier=lambda: None, **loader_kw) -> Config:
     """``train.cache_features``: ``data``'s loaders read the frozen backbone's features (``feature_datasets``).
 
-    Returns ``cfg``, with ``data.reverse_pairs=auto`` replaced by the pairs found (``find_reverse_pairs_from``).
+    Returns ``cfg``, with ``data.reverse_pairs=auto`` and ``data.mirror_pairs=auto`` replaced by the
+    pairs found (``find_twins_from``).
     """
     train_feats, val_feats, bad = feature_datasets(cfg, split, model, rank=rank, world_size=world_size,
                                                    barrier=barrier)
     data.failures.add(bad)
-    if cfg.data.reverse_pairs == "auto":
-        cfg = find_reverse_pairs_from(cfg, train_feats, model, list(split.classes))
+    if "auto" in (cfg.data.reverse_pairs, cfg.data.mirror_pairs):
+        cfg = find_twins_from(cfg, train_feats, model, list(split.classes))
         train_feats.reversal = reversal_from(cfg, split.classes)
+        train_feats.mirror = mirror_from(cfg, split.classes, model.mirror_features)
     # In-memory tensors: worker processes would only add overhead.
     data.train_loader, data.val_loader = train_val_loaders(cfg, train_feats, val_feats, rank=rank,
                                                            world_size=world_size, num_workers=0, **loader_kw)
     return cfg
 
 
-def find_reverse_pairs_from(cfg: Config, train_feats, model, classes: list[str]) -> Config:
-    """``data.reverse_pairs=auto``: the twins read off the cached training features (every view,
-    forwards and backwards), logged with their scores. A linear probe on ``model.order_summary``
-    says where twins may be (``probe_scores``, ``twin_groups``); when it does, fresh scout models
-    of the same config, their heads trained on the forward clips, say which classes pair up there
-    (``scout_scores``, ``match_twins``). Rank 0's answer holds for every rank. Returns ``cfg`` with the pairs found in
-    place of ``auto`` (none: ``[]``)."""
+def find_twins_from(cfg: Config, train_feats, model, classes: list[str]) -> Config:
+    """``data.reverse_pairs=auto`` and ``data.mirror_pairs=auto``: the twins read off the cached training
+    features (every view), logged with their scores.
+
+    Time: a linear probe on ``model.order_summary`` of the clips forwards and backwards says where
+    twins may be (``probe_scores``, ``twin_groups``); when it does, fresh scout models of the same
+    config, their heads trained on the forward clips, say which classes pair up there
+    (``scout_scores``, ``match_twins``). Mirror: the same scouts label every clip mirrored
+    (``model.mirror_features``), and ``mirror_labels`` reads off which classes look the same, which
+    swap and which neither. Rank 0's answer holds for every rank. Returns ``cfg`` with the pairs found
+    in place of ``auto`` (none: ``[]``; a class flipped as it is: ``[C, C]``)."""
     import time
 
     import torch
@@ -195,21 +217,35 @@ def find_reverse_pairs_from(cfg: Config, train_feats, model, classes: list[str])
     from actionrec.engine.distributed import gather_objects
 
     start = time.perf_counter()
+    reverse, mirror = cfg.data.reverse_pairs == "auto", cfg.data.mirror_pairs == "auto"
     views = [torch.stack([v[0] for v in item]) for item, _, _ in train_feats.items]  # (V, T, D) per video
-    fwd = torch.stack([model.order_summary(v).cpu() for v in views])
-    bwd = torch.stack([model.order_summary(v.flip(1)).cpu() for v in views])
-    probe = probe_scores(fwd, bwd, train_feats.labels, len(classes))
-    groups, found = twin_groups(probe), []
-    if groups:
-        scout = scout_scores(lambda: model_from(cfg, len(classes)).place(model.input_device, model.output_device),
-                             views, train_feats.labels, len(classes),
-                             criterion=loss_from(cfg, train_feats.labels, classes).to(model.output_device),  # auto: no reversal yet
-                             batch_size=cfg.train.batch_size, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                             seed=cfg.train.seed)
+    groups, found, flips, said = [], [], None, None
+    if reverse:
+        fwd = torch.stack([model.order_summary(v).cpu() for v in views])
+        bwd = torch.stack([model.order_summary(v.flip(1)).cpu() for v in views])
+        probe = probe_scores(fwd, bwd, train_feats.labels, len(classes))
+        groups = twin_groups(probe)
+    if groups or mirror:
+        plain = replace(cfg, data=replace(cfg.data, reverse_pairs=(), mirror_pairs=()))  # the scouts see forward clips only
+        scout, said = scout_scores(lambda: model_from(cfg, len(classes)).place(model.input_device, model.output_device),
+                                   views, train_feats.labels, len(classes),
+                                   criterion=loss_from(plain, train_feats.labels, classes).to(model.output_device),
+                                   mirror=model.mirror_features if mirror else None,
+                                   batch_size=cfg.train.batch_size, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                   seed=cfg.train.seed)
         found = match_twins(scout, groups)
-    found = gather_objects(found)[0]
-    log.info("data.reverse_pairs=auto: %s (%.0f s)", twin_report(found, probe, groups, classes), time.perf_counter() - start)
-    return replace(cfg, data=replace(cfg.data, reverse_pairs=tuple((classes[a], classes[b]) for a, b, _ in found)))
+    if mirror:
+        flips = [(a, b) for a, b in mirror_labels(said)[0].items() if a <= b]
+    found, flips = gather_objects((found, flips))[0]
+    data = cfg.data
+    if reverse:
+        log.info("data.reverse_pairs=auto: %s", twin_report(found, probe, groups, classes))
+        data = replace(data, reverse_pairs=tuple((classes[a], classes[b]) for a, b, _ in found))
+    if mirror:
+        log.info("data.mirror_pairs=auto: %s", mirror_report(flips, said, classes))
+        data = replace(data, mirror_pairs=tuple((classes[a], classes[b]) for a, b in sorted(flips)))
+    log.info("twins found in %.0f s", time.perf_counter() - start)
+    return replace(cfg, data=data)
 
 
 def scheduler_from(cfg: Config, optimizer, steps_per_epoch: int):
@@ -253,6 +289,13 @@ def distiller_from(cfg: Config, class_names: list[str], cnn_device, head_device,
                      autocast=autocast)
 
 
+def _expected_counts(moves, counts) -> list[float]:
+    """Per-class clips per epoch after time reversal and mirroring move some to their twin (in that order)."""
+    for move in moves:
+        counts = move.expected_counts(counts)
+    return list(counts)
+
+
 def loss_from(cfg: Config, train_labels: list[int], classes: list[str]):
     """The loss of ``loss``; ``alpha=auto`` weighs the classes by the inverse of how many training
     clips each gets per epoch (``data.reverse_pairs`` moves some to their twin); ``logit_adjust``
@@ -260,8 +303,8 @@ def loss_from(cfg: Config, train_labels: list[int], classes: list[str]):
     num_classes = len(classes)
     alpha, tau = cfg.loss.alpha, cfg.loss.logit_adjust
     counts = class_counts(train_labels, num_classes)
-    reversal = reversal_from(cfg, classes)
-    per_epoch = reversal.expected_counts(counts) if reversal else counts
+    moves = [m for m in (reversal_from(cfg, classes), mirror_from(cfg, classes)) if m is not None]
+    per_epoch = _expected_counts(moves, counts)
     if alpha == "auto":
         alpha = inverse_frequency_alpha(per_epoch)
     elif isinstance(alpha, list) and len(alpha) != num_classes:
@@ -269,7 +312,7 @@ def loss_from(cfg: Config, train_labels: list[int], classes: list[str]):
     shift = None
     if tau > 0:  # the prior: each class's share of an epoch's clips, as data.balance draws them
         drawn = [float(c) ** (1.0 - BALANCE_POWER.get(cfg.data.balance, 0.0)) if c else 0.0 for c in counts]
-        prior = [max(c, 1e-3) for c in (reversal.expected_counts(drawn) if reversal else drawn)]  # not log(0)
+        prior = [max(c, 1e-3) for c in _expected_counts(moves, drawn)]  # not log(0)
         shift = [tau * math.log(c / sum(prior)) for c in prior]
     return create_loss(cfg.loss.name, gamma=cfg.loss.gamma, alpha=alpha, label_smoothing=cfg.loss.label_smoothing,
                        logit_shift=shift)
@@ -387,7 +430,8 @@ def feature_datasets(cfg: Config, split: DatasetSplit, model, *, rank: int = 0, 
                 bad = extract_features(model, ds, cache, **kw)
             failed += bad
             caches.append(cache)
-        out.append(FeatureDataset(ds, caches, train=train, reversal=reversal_from(cfg, split.classes) if train else None))
+        out.append(FeatureDataset(ds, caches, train=train, reversal=reversal_from(cfg, split.classes) if train else None,
+                                  mirror=mirror_from(cfg, split.classes, model.mirror_features) if train else None))
     return out[0], out[1], sorted(set(failed))
 
 

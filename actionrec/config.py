@@ -59,11 +59,19 @@ class DataConfig:
     # Classes that are each other's time reversal ([[Open, Close], ...]; [C, C]: C looks the same
     # backwards): train clips are played backwards with probability reverse_prob and take the
     # twin's label (data/reversal.py). Names are checked against the dataset's classes. auto: found
-    # from the cached features before training (build.find_reverse_pairs_from: a probe says where
+    # from the cached features before training (build.find_twins_from: a probe says where
     # to look, a scout head which pairs; needs train.cache_features), and the run's config.yaml
     # lists what was found.
     reverse_pairs: Literal["auto"] | tuple[tuple[str, str], ...] = ()
     reverse_prob: float = 0.5
+    # Left-right flips that know the labels ([[PanLeft, PanRight], [Jump, Jump], ...]): train clips of
+    # the named classes are flipped with probability mirror_prob and take the label their mirror image
+    # has (the twin, or the class itself for [C, C]); classes not named are never flipped
+    # (data/mirror.py). auto: the scout heads of reverse_pairs=auto say which classes look the same
+    # mirrored, which swap, and which neither (needs train.cache_features). Not with data.hflip, which
+    # flips every class and keeps its label.
+    mirror_pairs: Literal["auto"] | tuple[tuple[str, str], ...] = ()
+    mirror_prob: float = 0.5
     color_jitter: float = 0.4
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -481,6 +489,13 @@ def _validate_data(d: DataConfig) -> None:
         named = [c for pair in d.reverse_pairs for c in set(pair)]
         _check(len(named) == len(set(named)), "data.reverse_pairs", [list(p) for p in d.reverse_pairs],
                "a class may be in one pair only")
+    _check(0 <= d.mirror_prob <= 1, "data.mirror_prob", d.mirror_prob, "must be in [0, 1]")
+    if d.mirror_pairs != "auto":
+        named = [c for pair in d.mirror_pairs for c in set(pair)]
+        _check(len(named) == len(set(named)), "data.mirror_pairs", [list(p) for p in d.mirror_pairs],
+               "a class may be in one pair only")
+    _check(not (d.mirror_pairs and d.hflip), "data.hflip", True,
+           "cannot be used with data.mirror_pairs (hflip flips every class and keeps its label; set data.hflip=false)")
     _check(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", d.max_bad_fraction, "must be in [0, 1]")
     _check(d.loader_timeout >= 0, "data.loader_timeout", d.loader_timeout, "must be >= 0 (0: no timeout)")
 
@@ -559,6 +574,8 @@ def _validate_rest(cfg: Config) -> None:
     """``logging``, ``eval``, ``demo`` and rules across sections."""
     _check(cfg.data.reverse_pairs != "auto" or cfg.train.cache_features, "data.reverse_pairs", "auto",
            "needs train.cache_features=true (the twins are read off the cached features)")
+    _check(cfg.data.mirror_pairs != "auto" or cfg.train.cache_features, "data.mirror_pairs", "auto",
+           "needs train.cache_features=true (the mirror twins are read off the cached features)")
     w = cfg.logging.wandb
     _check(w.log_videos_every >= 0, "logging.wandb.log_videos_every", w.log_videos_every, "must be >= 0 (0: never)")
     _check(bool(w.project.strip()), "logging.wandb.project", w.project, "must not be empty")

@@ -41,6 +41,8 @@ class VideoClipDataset(Dataset):
         max_retries: train only: how many other videos to try when a video fails to decode.
         reversal: train only: a ``reversal.TimeReversal`` that plays some clips backwards with
             their twin class's label (``data.reverse_pairs``).
+        mirror: train only: a ``mirror.Mirror`` that flips some clips left-right with their mirror
+            label (``data.mirror_pairs``).
 
     Items are dicts: ``clip`` float tensor (T, C, H, W) in train mode, (V, T, C, H, W) in eval
     mode with V = num_clips * len(transforms); ``label`` int; ``index`` int (the sample actually
@@ -59,6 +61,7 @@ class VideoClipDataset(Dataset):
         seed: int = 0,
         max_retries: int = 10,
         reversal=None,
+        mirror=None,
     ):
         if not samples:
             raise ValueError("dataset has no samples")
@@ -71,6 +74,7 @@ class VideoClipDataset(Dataset):
         self.seed = seed
         self.max_retries = max_retries
         self.reversal = reversal if train else None
+        self.mirror = mirror if train else None
         # Shared memory: persistent DataLoader workers hold a copy of the dataset, and must still
         # see the epoch the main process sets.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
@@ -130,6 +134,8 @@ class VideoClipDataset(Dataset):
                 clip, label = self.load(current, rng), self.labels[current]
                 if self.reversal is not None:
                     clip, label = self.reversal(clip, label, self.epoch, current)
+                if self.mirror is not None:
+                    clip, label = self.mirror(clip, label, self.epoch, current)
                 return {"clip": clip, "label": label, "index": current, "failed": failed}
             except (VideoDecodeError, FileNotFoundError) as e:  # a file can vanish after the split was read
                 failed.append((self.paths[current], e.reason if isinstance(e, VideoDecodeError) else "file not found"))

@@ -21,7 +21,7 @@ import torch
 
 from actionrec.config import ConfigError
 
-# data.reverse_pairs=auto (find_reverse_pairs_from in build.py): the probe's pair scores link classes
+# data.reverse_pairs=auto (find_twins_from in build.py): the probe's pair scores link classes
 # scoring RELATED_SCORE or more into groups; a group is searched for twins when one of its pairs
 # scores SUSPECT_SCORE or more (twin_groups); inside it the scout head pairs the classes, each pair
 # needing SCOUT_SCORE or more (match_twins). Measured on 70 class sets (README, "Real footage on a CPU").
@@ -72,8 +72,9 @@ class TimeReversal:
         return out
 
 
-def reverse_pairs_to_indices(pairs: Sequence[Sequence[str]], class_names: Sequence[str]) -> list[tuple[int, int]]:
-    """``data.reverse_pairs`` names -> class index pairs.
+def reverse_pairs_to_indices(pairs: Sequence[Sequence[str]], class_names: Sequence[str], *,
+                             key: str = "data.reverse_pairs") -> list[tuple[int, int]]:
+    """``data.reverse_pairs`` (or ``key``: ``data.mirror_pairs``) names -> class index pairs.
 
     Raises:
         ConfigError: a pair that is not two names, or a name that is not one of the dataset's classes.
@@ -82,10 +83,10 @@ def reverse_pairs_to_indices(pairs: Sequence[Sequence[str]], class_names: Sequen
     out = []
     for pair in pairs:
         if len(pair) != 2:
-            raise ConfigError(f"data.reverse_pairs: {list(pair)!r} is not a pair of two class names")
+            raise ConfigError(f"{key}: {list(pair)!r} is not a pair of two class names")
         for name in pair:
             if name not in index:
-                raise ConfigError(f"data.reverse_pairs: class {name!r} is not in the dataset "
+                raise ConfigError(f"{key}: class {name!r} is not in the dataset "
                                  f"(classes: {', '.join(class_names)})")
         out.append((index[pair[0]], index[pair[1]]))
     return out
@@ -159,9 +160,10 @@ def twin_groups(probe: torch.Tensor, *, related: float = RELATED_SCORE, suspect:
 
 
 def scout_scores(new_model: Callable[[], torch.nn.Module], views: Sequence[torch.Tensor], labels: Sequence[int],
-                 num_classes: int, *, criterion: torch.nn.Module, scouts: int = SCOUTS, epochs: int = SCOUT_EPOCHS,
-                 batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0) -> torch.Tensor:
-    """Which class each class's clips look like when played backwards, to scout heads.
+                 num_classes: int, *, criterion: torch.nn.Module, mirror: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 scouts: int = SCOUTS, epochs: int = SCOUT_EPOCHS, batch_size: int = 16, lr: float = 1e-3,
+                 weight_decay: float = 0.05, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Which class each class's clips look like when played backwards (and mirrored), to scout heads.
 
     A scout is a fresh model from ``new_model()`` (the recipe's, built under seed ``seed + k``),
     whose head trains ``epochs`` epochs on the forward clips only (epoch e reads view e mod V, AdamW,
@@ -177,22 +179,28 @@ def scout_scores(new_model: Callable[[], torch.nn.Module], views: Sequence[torch
             ``forward_head`` runs).
         views: per training video, its (V, T, D) cached views.
         labels: the videos' class indices.
+        mirror: the left-right flip of a (V, T, D) clip's features (``CNNLSTM.mirror_features``):
+            the same scouts also label every training clip mirrored (``data.mirror_pairs=auto``).
 
     Returns:
-        (C, C) symmetric score, float64 on the CPU.
+        (C, C) symmetric score, float64 on the CPU; and with ``mirror``, the scouts' P[a][b] for
+        the mirrored clips (not symmetrised: P[a][a] says whether a looks the same mirrored), else None.
     """
     y = torch.as_tensor(list(labels), dtype=torch.long)
-    said = torch.zeros(num_classes, num_classes, dtype=torch.float64)
+    played = [lambda v: v.flip(1)] + ([mirror] if mirror is not None else [])
+    said = torch.zeros(len(played), num_classes, num_classes, dtype=torch.float64)
     for k in range(scouts):
-        said += _scout_says(new_model, views, y, num_classes, criterion=criterion, epochs=epochs,
+        said += _scout_says(new_model, views, y, num_classes, played, criterion=criterion, epochs=epochs,
                             batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed + k)
     said /= scouts * torch.bincount(y, minlength=num_classes).clamp_min(1).double()[:, None]
-    return (said + said.T) / 2
+    return (said[0] + said[0].T) / 2, (said[1] if mirror is not None else None)
 
 
-def _scout_says(new_model, views, y, num_classes, *, criterion, epochs, batch_size, lr, weight_decay, seed) -> torch.Tensor:
-    """One scout (``scout_scores``): (C, C) sums over each class's clips played backwards of its softmax."""
-    said = torch.zeros(num_classes, num_classes, dtype=torch.float64)
+def _scout_says(new_model, views, y, num_classes, played, *, criterion, epochs, batch_size, lr, weight_decay,
+                seed) -> torch.Tensor:
+    """One scout (``scout_scores``): (len(played), C, C) sums over each class's clips, transformed by
+    each of ``played`` (backwards, mirrored), of its softmax."""
+    said = torch.zeros(len(played), num_classes, num_classes, dtype=torch.float64)
     gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=gpus):  # the caller's CPU and GPU draws stay as they were
         torch.manual_seed(seed)
@@ -211,7 +219,9 @@ def _scout_says(new_model, views, y, num_classes, *, criterion, epochs, batch_si
         scout.eval()
         with torch.no_grad():
             for clips, label in zip(views, y.tolist()):
-                said[label] += scout.forward_head(clips.flip(1).to(device)).softmax(-1).mean(0).double().cpu()
+                clips = clips.to(device)
+                for k, play in enumerate(played):
+                    said[k, label] += scout.forward_head(play(clips)).softmax(-1).mean(0).double().cpu()
     return said
 
 

@@ -243,11 +243,14 @@ class FeatureDataset(Dataset):
         train: train-mode items.
         reversal: train only: a ``data.reversal.TimeReversal`` applied to the cached features
             (frames are independent in the backbone, so this equals reversing the frames).
+        mirror: train only: a ``data.mirror.Mirror`` whose flip is ``CNNLSTM.mirror_features``.
     """
 
-    def __init__(self, dataset, caches: FeatureCache | Sequence[FeatureCache], *, train: bool, reversal=None):
+    def __init__(self, dataset, caches: FeatureCache | Sequence[FeatureCache], *, train: bool, reversal=None,
+                 mirror=None):
         self.train = train
         self.reversal = reversal if train else None
+        self.mirror = mirror if train else None
         caches = [caches] if isinstance(caches, FeatureCache) else list(caches)
         self.items: list[tuple[list[torch.Tensor], int, int]] = []
         for i, path in enumerate(dataset.paths):
@@ -272,5 +275,7 @@ class FeatureDataset(Dataset):
         clip = feats[0] if self.train else feats
         if self.reversal is not None:
             clip, label = self.reversal(clip, label, self.epoch, orig)
+        if self.mirror is not None:
+            clip, label = self.mirror(clip, label, self.epoch, orig)
         return {"clip": clip, "label": label, "index": orig, "failed": []}
 

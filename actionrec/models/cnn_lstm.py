@@ -375,6 +375,32 @@ class CNNLSTM(nn.Module):
             extra = self.contrast(feats[..., -self.contrast_dim :], valid_mask(lengths, b, t, feats.device))
             return self.head(head_in, lengths, extra)
 
+    def mirror_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """(..., D) per-frame features -> the features of the frames flipped left-right, in feature
+        space (``data.mirror_pairs`` on cached features): every spatial part of the layout
+        (``frame_features``) is mirrored: the stride-8 map (so the motion correlation of two mirrored
+        maps is exactly the correlation mirrored: displacement dx becomes -dx, the grid's columns swap),
+        the contrast's cells and the appearance grid cells (``feature_grid`` > 1). Pooled vectors (the
+        appearance with grid 1, the contrast's channel means) are kept: for them the mirrored frame's
+        values are not computable from the cache, and a CNN trained with flips (ImageNet's) gives
+        nearly the same pooled features for a frame and its mirror image."""
+        def flip_cells(x: torch.Tensor, channels: int, size: int) -> torch.Tensor:
+            return x.unflatten(-1, (channels, size, size)).flip(-1).flatten(-3)
+
+        parts = [feats[..., : self.appearance_dim]]
+        if self.feature_grid > 1:
+            parts[0] = flip_cells(parts[0], self.appearance_dim // self.feature_grid**2, self.feature_grid)
+        at = self.appearance_dim
+        if self.motion != "none":
+            parts.append(flip_cells(feats[..., at : at + self.motion_dim], self._motion_channels, self.motion_map))
+            at += self.motion_dim
+        if self.contrast is not None:
+            c = self.contrast_channels
+            parts.append(feats[..., at : at + c])
+            if self.contrast_grid > 1:
+                parts.append(flip_cells(feats[..., at + c : at + self.contrast_dim], c, self.contrast_grid))
+        return torch.cat(parts, -1)
+
     @torch.no_grad()
     def order_summary(self, feats: torch.Tensor) -> torch.Tensor:
         """(B, T, D) features -> (B, S) parameter-free clip summaries that change when the clip is

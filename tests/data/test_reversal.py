@@ -247,10 +247,11 @@ def test_scout_scores_find_what_a_class_played_backwards_looks_like():
         labels += [c] * n
     state = torch.random.get_rng_state()
     kw = dict(criterion=FocalLoss(), epochs=15, batch_size=8, lr=3e-3)
-    score = scout_scores(new_model, views, labels, 4, **kw)
+    score, mirrored = scout_scores(new_model, views, labels, 4, **kw)
+    assert mirrored is None
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random draws are untouched
     torch.manual_seed(123)  # the scores depend on their seed only
-    assert torch.equal(scout_scores(new_model, views, labels, 4, **kw), score)
+    assert torch.equal(scout_scores(new_model, views, labels, 4, **kw)[0], score)
     assert score.shape == (4, 4) and torch.equal(score, score.T)
     assert score[0, 1] > 0.7
     others = score.clone()
@@ -259,6 +260,36 @@ def test_scout_scores_find_what_a_class_played_backwards_looks_like():
     # 2 and 3 have no twin, yet played backwards they still land on some class (about 0.2-0.3 here):
     # the scout has no "none of these", which is why it only decides inside the probe's groups.
     assert float(others.max()) < 0.4
+
+
+def test_the_same_scouts_say_what_mirrored_clips_look_like():
+    """data.mirror_pairs=auto: scout_scores(mirror=...) also labels every clip mirrored, with the same
+    scouts (the time-reversal scores are unchanged), and mirror_labels reads the twins off it."""
+    from actionrec.data.mirror import mirror_labels
+    from actionrec.data.reversal import scout_scores
+    from actionrec.models.factory import create_model
+    from actionrec.models.losses import FocalLoss
+
+    def new_model():
+        return create_model("cnn_lstm", num_classes=3, backbone="test_resnet", pretrained=False, temporal="lstm",
+                            hidden_size=16, freeze_backbone=True)
+
+    d, g = new_model().feature_dim, torch.Generator().manual_seed(0)
+    # 0: channel 0 rises, 1: channel 1 rises, 2: channel 2 rises. The stand-in "mirror" swaps channels
+    # 0 and 1 (a pan left becomes a pan right) and keeps channel 2 (a class that looks the same mirrored).
+    views, labels = [], []
+    for c, n in enumerate([20, 8, 12]):
+        views += _ramp_views(c + 1, n, g, dim=d)
+        labels += [c] * n
+    perm = torch.arange(d)
+    perm[[0, 1]] = perm[[1, 0]]
+    kw = dict(criterion=FocalLoss(), epochs=15, batch_size=8, lr=3e-3)
+    score, mirrored = scout_scores(new_model, views, labels, 3, mirror=lambda v: v[..., perm], **kw)
+    assert torch.equal(score, scout_scores(new_model, views, labels, 3, **kw)[0])
+    assert mirrored.shape == (3, 3) and not torch.equal(mirrored, mirrored.T)
+    torch.testing.assert_close(mirrored.sum(1), torch.ones(3, dtype=torch.float64))  # mean softmax per class
+    assert mirrored[0, 1] > 0.7 and mirrored[1, 0] > 0.7 and mirrored[2, 2] > 0.7
+    assert mirror_labels(mirrored)[0] == {0: 1, 1: 0, 2: 2}
 
 
 def test_twin_report_names_pairs_scores_and_what_to_do_with_classes_left_alone():

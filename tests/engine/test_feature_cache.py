@@ -202,12 +202,13 @@ def test_augmented_views_are_the_train_pipeline_and_epochs_cycle_through_them(ti
     assert again.key == caches[1].key and again.get(ds.paths[0]) is not None
 
 
-@pytest.mark.parametrize("pairs,grid", [("[[Grow, Shrink]]", 1), ("auto", 2)])
-def test_train_tool_with_augmented_views_motion_and_transformer(tiny_root, tmp_path, pairs, grid, capsys):
+@pytest.mark.parametrize("pairs,mirror,grid", [("[[Grow, Shrink]]", "[[MoveLeft, MoveRight], [Grow, Grow]]", 1),
+                                               ("auto", "auto", 2)])
+def test_train_tool_with_augmented_views_motion_and_transformer(tiny_root, tmp_path, pairs, mirror, grid, capsys):
     """The cpu_pretrained recipe's path: K cached train views, motion features, the appearance
     contrast (channel means, or with the recipe's contrast_grid=2 also their cells), transformer head,
-    logit-adjusted cross-entropy, reverse pairs named or found; the checkpoint then runs on raw clips
-    (eval, demo) without the cache."""
+    logit-adjusted cross-entropy, reverse and mirror pairs named or found; the checkpoint then runs on
+    raw clips (eval, demo) without the cache."""
     from tests.helpers import load_tool
 
     train_tool = load_tool("train")
@@ -215,7 +216,8 @@ def test_train_tool_with_augmented_views_motion_and_transformer(tiny_root, tmp_p
         f"data.root={tiny_root}", f"data.cache_dir={tmp_path / 'cache'}", "data.clip_len=4", "data.resize_short=40",
         "data.crop_size=32", "data.num_workers=0", "model.backbone=test_resnet", "model.hidden_size=16",
         "model.freeze_backbone=true", "model.temporal=transformer", "model.motion=only", "model.motion_map=4",
-        "model.contrast=8", f"model.contrast_grid={grid}", f"data.reverse_pairs={pairs}", "train.cache_features=true", "train.cache_views=3",
+        "model.contrast=8", f"model.contrast_grid={grid}", f"data.reverse_pairs={pairs}", f"data.mirror_pairs={mirror}",
+        "data.hflip=false", "train.cache_features=true", "train.cache_views=3",
         "train.batch_size=4", "train.epochs=2", "loss.name=ce", "loss.alpha=null", "loss.logit_adjust=1.0",
         "train.device=cpu", "train.cpu_threads=1", "logging.wandb.mode=disabled", f"train.output_dir={tmp_path / 'runs'}",
         "train.name=views",
@@ -223,12 +225,19 @@ def test_train_tool_with_augmented_views_motion_and_transformer(tiny_root, tmp_p
     result = train_tool.main(train_tool.parse_args(["--config", str(REPO / "configs" / "quickstart.yaml"), *overrides]))
     split = load_split(tiny_root, split=1)
     # The run's config records the pairs it trained with: auto is replaced by what was found.
-    saved = yaml.safe_load((Path(result["run_dir"]) / "config.yaml").read_text())["data"]["reverse_pairs"]
+    saved = yaml.safe_load((Path(result["run_dir"]) / "config.yaml").read_text())["data"]
     if pairs == "auto":
-        assert "data.reverse_pairs=auto: " in capsys.readouterr().err
-        assert isinstance(saved, list) and all(sorted(p) in ([sorted(t) for t in TEMPORAL_PAIRS]) for p in saved)
+        err = capsys.readouterr().err
+        assert "data.reverse_pairs=auto: " in err and "data.mirror_pairs=auto: " in err
+        reverse = saved["reverse_pairs"]
+        assert isinstance(reverse, list) and all(sorted(p) in ([sorted(t) for t in TEMPORAL_PAIRS]) for p in reverse)
+        # Mirrored, a move left is a move right and a clockwise turn an anticlockwise one; the rest keep their class.
+        mirror_twins = [["MoveLeft", "MoveRight"], ["RotateCCW", "RotateCW"]]
+        assert isinstance(saved["mirror_pairs"], list)
+        assert all(a == b or sorted([a, b]) in mirror_twins for a, b in saved["mirror_pairs"]), saved["mirror_pairs"]
     else:
-        assert saved == [["Grow", "Shrink"]]
+        assert saved["reverse_pairs"] == [["Grow", "Shrink"]]
+        assert saved["mirror_pairs"] == [["MoveLeft", "MoveRight"], ["Grow", "Grow"]]
     keys = sorted((tmp_path / "cache" / "features").glob("*/key.json"))
     assert len(keys) == 4  # three train views and the val clips
     views = sorted(json.loads(k.read_text()).get("view", [None])[-1] or 0 for k in keys)

@@ -314,6 +314,34 @@ def test_contrast_grid_adds_the_stride16_cells():
         load_config(None, ["model.contrast_grid=0"])
 
 
+@pytest.mark.parametrize("motion_softmax", [0.0, 0.1])
+def test_mirror_features_mirror_every_spatial_part(motion_softmax):
+    """data.mirror_pairs on cached features: CNNLSTM.mirror_features flips the stride-8 map, the contrast's
+    cells and the appearance grid left-right, so the motion correlation the head sees is exactly the
+    original one mirrored (displacement dx -> -dx, the 3 x 3 grid's columns swapped); pooled vectors stay."""
+    torch.manual_seed(0)
+    model = create_model("cnn_lstm", num_classes=4, backbone="test_resnet", temporal="transformer", motion="only",
+                         motion_map=6, motion_softmax=motion_softmax, hidden_size=16, contrast=8,
+                         contrast_grid=2).eval()
+    feats = model.clip_features(torch.randn(2, 5, 3, 48, 48))
+    mirrored = model.mirror_features(feats)
+    torch.testing.assert_close(model.mirror_features(mirrored), feats, rtol=0, atol=0)
+    a, m, c = model.appearance_dim, model.motion_dim, model.contrast_channels
+    torch.testing.assert_close(mirrored[..., :a], feats[..., :a], rtol=0, atol=0)
+    vol = model.motion_corr(feats[..., a : a + m]).unflatten(-1, (5, 5, 3, 3))  # (B, T, dy, dx, grid y, grid x)
+    vol_mirrored = model.motion_corr(mirrored[..., a : a + m]).unflatten(-1, (5, 5, 3, 3))
+    torch.testing.assert_close(vol_mirrored, vol.flip(3).flip(5))
+    assert not torch.allclose(vol_mirrored, vol)
+    torch.testing.assert_close(mirrored[..., a + m : a + m + c], feats[..., a + m : a + m + c], rtol=0, atol=0)
+    cells, cells_mirrored = (f[..., a + m + c :].unflatten(-1, (c, 2, 2)) for f in (feats, mirrored))
+    torch.testing.assert_close(cells_mirrored, cells.flip(-1), rtol=0, atol=0)
+    assert not torch.equal(cells_mirrored, cells)
+    # Appearance grid cells (model.feature_grid=2) swap columns too.
+    grid = create_model("cnn_lstm", num_classes=4, backbone="test_resnet", feature_grid=2, hidden_size=16).eval()
+    g = grid.clip_features(torch.randn(1, 3, 3, 48, 48))
+    torch.testing.assert_close(grid.mirror_features(g).unflatten(-1, (-1, 2, 2)), g.unflatten(-1, (-1, 2, 2)).flip(-1))
+
+
 def test_contrast_refuses_the_frame_averaging_baseline():
     with pytest.raises(ValueError, match="order-blind"):
         create_model("cnn_lstm", num_classes=2, backbone="test_resnet", temporal="none", contrast=4)

@@ -1,0 +1,145 @@
+"""data.mirror_pairs: training clips flipped left-right take the label their mirror image has."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from actionrec import build
+from actionrec.config import ConfigError, load_config
+from actionrec.data.dataset import ClipSampling, VideoClipDataset
+from actionrec.data.mirror import Mirror, flip_frames, mirror_label_map, mirror_labels, mirror_report
+from actionrec.data.splits import load_split
+from actionrec.data.transforms import train_transform
+
+KW = dict(resize_short=40, crop_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+def test_mirror_flips_swaps_twins_keeps_own_class_and_is_deterministic():
+    mirror = Mirror(mirror_label_map([(0, 1), (2, 2)]), flip_frames, prob=0.5, seed=7)
+    clip = torch.arange(12.0).view(1, 1, 3, 4)  # (T, C, H, W)
+    outcomes = {0: 0, 1: 0}
+    for index in range(200):
+        out, label = mirror(clip, 0, epoch=0, index=index)
+        if label == 1:  # flipped along the width: column j holds what column W-1-j held
+            assert torch.equal(out[..., 0], clip[..., 3]) and torch.equal(out, clip.flip(-1))
+        else:
+            assert label == 0 and torch.equal(out, clip)
+        outcomes[label] += 1
+        again, label2 = Mirror(mirror_label_map([(0, 1), (2, 2)]), flip_frames, prob=0.5, seed=7)(clip, 0, 0, index)
+        assert label2 == label and torch.equal(again, out)
+    assert 70 <= outcomes[1] <= 130, outcomes  # p = 0.5 of 200
+    # [C, C]: flipped, label kept; a class not named: never flipped.
+    own = [mirror(clip, 2, 0, i) for i in range(50)]
+    assert {lab for _, lab in own} == {2} and any(torch.equal(c, clip.flip(-1)) for c, _ in own)
+    assert all(torch.equal(mirror(clip, 3, 0, i)[0], clip) and mirror(clip, 3, 0, i)[1] == 3 for i in range(50))
+    # The draw differs from data.reverse_pairs' for the same (seed, epoch, item): the two are independent.
+    from actionrec.data.reversal import TimeReversal
+
+    rev = TimeReversal([(0, 1)], prob=0.5, seed=7)
+    same = sum(rev(clip, 0, 0, i)[1] == mirror(clip, 0, 0, i)[1] for i in range(200))
+    assert same < 150
+    with pytest.raises(ValueError, match="pairs or classes of their own"):
+        Mirror({0: 1, 1: 2, 2: 1}, flip_frames)
+
+
+def test_expected_counts_compose_with_reversal_in_the_loss_prior():
+    mirror = Mirror(mirror_label_map([(0, 1), (2, 2)]), flip_frames, prob=0.5)
+    assert mirror.expected_counts([30, 10, 5, 7]) == [20.0, 20.0, 5.0, 7.0]
+    # Reversal pairs 1/2, mirror pairs 0/1, each with p = 0.5: reversal first, then mirroring.
+    cfg = load_config(None, ["data.reverse_pairs=[[b, c]]", "data.mirror_pairs=[[a, b], [c, c]]", "data.hflip=false",
+                             "loss.name=ce", "loss.alpha=null", "loss.logit_adjust=1.0"])
+    loss = build.loss_from(cfg, [0] * 40 + [1] * 8 + [2] * 24, ["a", "b", "c"])
+    after_rev = [40.0, 16.0, 16.0]
+    after_mirror = [28.0, 28.0, 16.0]
+    assert build._expected_counts([build.reversal_from(cfg, "abc"), build.mirror_from(cfg, "abc")], [40, 8, 24]) == after_mirror
+    prior = torch.tensor(after_mirror) / sum(after_mirror)
+    torch.testing.assert_close(loss.logit_shift, prior.log().to(loss.logit_shift.dtype), rtol=1e-5, atol=1e-6)
+    assert after_rev != after_mirror
+
+
+def test_names_and_conflicts_are_checked():
+    cfg = load_config(None, ["data.mirror_pairs=[[A, Z]]", "data.hflip=false"])
+    with pytest.raises(ConfigError, match="data.mirror_pairs: class 'Z' is not in the dataset"):
+        build.mirror_from(cfg, ["A", "B"])
+    with pytest.raises(ConfigError, match="one pair only"):
+        load_config(None, ["data.mirror_pairs=[[A, B], [B, B]]", "data.hflip=false"])
+    with pytest.raises(ConfigError, match=r"data.hflip=True: cannot be used with data.mirror_pairs"):
+        load_config(None, ["data.mirror_pairs=[[A, B]]", "data.hflip=true"])
+    with pytest.raises(ConfigError, match=r"data.mirror_prob=2.0: must be in \[0, 1\]"):
+        load_config(None, ["data.mirror_prob=2"])
+    with pytest.raises(ConfigError, match="data.mirror_pairs='auto': needs train.cache_features=true"):
+        load_config(None, ["data.mirror_pairs=auto", "data.hflip=false"])
+    assert build.mirror_from(load_config(None, []), ["A"]) is None  # off by default
+
+
+def test_mirror_labels_from_what_the_scouts_say():
+    # P[a][b]: the scouts' softmax for b on a's mirrored clips. 0 and 1 swap (a pan left and right), 2
+    # looks the same mirrored, 3 looks like nothing they know (spread out), 4 mostly like 0 one way only.
+    said = torch.tensor([[0.05, 0.90, 0.02, 0.01, 0.02],
+                         [0.80, 0.10, 0.05, 0.03, 0.02],
+                         [0.01, 0.02, 0.95, 0.01, 0.01],
+                         [0.20, 0.20, 0.20, 0.30, 0.10],
+                         [0.45, 0.05, 0.05, 0.05, 0.40]], dtype=torch.float64)
+    label_map, twins = mirror_labels(said)
+    assert label_map == {0: 1, 1: 0, 2: 2}
+    assert [(a, b) for a, b, _ in twins] == [(0, 1)] and twins[0][2] == pytest.approx(0.85)
+    text = mirror_report([(0, 1), (2, 2)], said, ["L", "R", "Up", "Odd", "Half"])
+    assert text.startswith("L/R (0.85); 1 of 5 classes flipped as they are (itself 0.95-0.95); never flipped: Odd "
+                           "(itself 0.30), Half (itself 0.40)")
+
+
+def test_video_dataset_flips_the_same_augmented_frames(tiny_dataset):
+    split = load_split(tiny_dataset)
+    classes = list(split.classes)
+    mirror = Mirror(mirror_label_map([(0, 1)]), flip_frames, prob=0.5, seed=3)
+
+    def make(m):
+        return VideoClipDataset(split.train, sampling=ClipSampling(clip_len=6), train=True, seed=3,
+                                transforms=[train_transform(**KW, hflip=False)], mirror=m)
+
+    plain, mirroring = make(None), make(mirror)
+    flipped = 0
+    for i, sample in enumerate(split.train):
+        a, b = plain[i], mirroring[i]
+        if b["label"] != a["label"]:
+            assert {a["label"], b["label"]} == {0, 1}
+            torch.testing.assert_close(b["clip"], a["clip"].flip(-1), rtol=0, atol=0)  # same draws, mirrored
+            flipped += 1
+        else:
+            torch.testing.assert_close(b["clip"], a["clip"], rtol=0, atol=0)
+    assert flipped >= 1 and len(classes) > 2
+    assert sum(s.label in (0, 1) for s in split.train) > flipped  # some stayed as they were (p = 0.5)
+    # Named pairs reach the training set through the config; eval sets are never mirrored.
+    cfg = load_config(None, [f"data.mirror_pairs=[[{classes[0]}, {classes[1]}]]", "data.hflip=false"])
+    assert build.train_dataset(cfg, split).mirror.label_map == {0: 1, 1: 0}
+    assert build.train_dataset(cfg, split, reverse=False).mirror is None
+    assert build.eval_dataset(cfg, split.test, num_clips=1).mirror is None
+
+
+def test_feature_dataset_mirrors_cached_features():
+    from actionrec.engine.feature_cache import FeatureDataset
+
+    class Cache:
+        def __init__(self, feats):
+            self.feats = feats
+
+        def get(self, path):
+            return self.feats[path]
+
+    feats = {f"v{i}": torch.randn(1, 5, 4) for i in range(40)}  # (views, T, D) per video
+    ds = type("DS", (), {"paths": list(feats), "labels": [i % 3 for i in range(40)]})()
+    negate = torch.neg  # a stand-in for CNNLSTM.mirror_features
+    fd = FeatureDataset(ds, [Cache(feats)], train=True, mirror=Mirror({0: 1, 1: 0, 2: 2}, negate, prob=0.5, seed=1))
+    flips = {"pair": 0, "own": 0}
+    for i in range(40):
+        item, x = fd[i], feats[f"v{i}"][0]
+        if not torch.equal(item["clip"], x):
+            torch.testing.assert_close(item["clip"], -x)
+            assert item["label"] == {0: 1, 1: 0, 2: 2}[ds.labels[i]]
+            flips["own" if ds.labels[i] == 2 else "pair"] += 1
+        else:
+            assert item["label"] == ds.labels[i]
+    assert flips["pair"] >= 3 and flips["own"] >= 2
+    val = FeatureDataset(ds, [Cache(feats)], train=False, mirror=Mirror({0: 1, 1: 0}, negate, prob=1.0))
+    assert all(val[i]["label"] == ds.labels[i] and torch.equal(val[i]["clip"], feats[f"v{i}"]) for i in range(40))
