@@ -57,3 +57,50 @@ def long_functions(limit: int = 80, folders: tuple[str, ...] = ("actionrec", "to
                     if lines > limit:
                         found[f"{path.relative_to(REPO).as_posix()}:{node.name}"] = lines
     return found
+
+
+def in_memory_feature_datasets(num_videos: int = 40, num_classes: int = 3, **augment):
+    """A train and a val ``FeatureDataset`` over random cached features held in memory (a stand-in
+    cache: ``FeatureDataset`` only calls ``.get``), video i of class i % ``num_classes``; ``augment``
+    (``reversal=``, ``mirror=``) is passed to both. Returns (train, val, {path: (1, 5, 4) features}, labels)."""
+    import torch
+
+    from actionrec.engine.feature_cache import FeatureDataset
+
+    class Cache:
+        def get(self, path):
+            return feats[path]
+
+    feats = {f"v{i}": torch.randn(1, 5, 4) for i in range(num_videos)}  # (views, T, D) per video
+    labels = [i % num_classes for i in range(num_videos)]
+    ds = type("DS", (), {"paths": list(feats), "labels": labels})()
+    return (FeatureDataset(ds, [Cache()], train=True, **augment), FeatureDataset(ds, [Cache()], train=False, **augment),
+            feats, labels)
+
+
+def count_swapped_items(samples, change, **augment) -> int:
+    """Train items of ``samples`` (64x48 videos) read without and with ``augment`` (``reversal=`` or
+    ``mirror=``) on the same random draws: an item whose label the augmentation changed must hold exactly
+    ``change``(the plain clip) and have swapped classes 0 and 1, every other item the plain clip.
+    Returns how many changed."""
+    import torch
+
+    from actionrec.data.dataset import ClipSampling, VideoClipDataset
+    from actionrec.data.transforms import train_transform
+
+    def make(**kw):
+        return VideoClipDataset(samples, sampling=ClipSampling(clip_len=6), train=True, seed=3, **kw,
+                                transforms=[train_transform(resize_short=40, crop_size=32, mean=(0.5, 0.5, 0.5),
+                                                            std=(0.25, 0.25, 0.25), hflip=False)])
+
+    plain, augmented = make(), make(**augment)
+    changed = 0
+    for i in range(len(samples)):
+        a, b = plain[i], augmented[i]
+        if b["label"] != a["label"]:
+            assert {a["label"], b["label"]} == {0, 1}
+            torch.testing.assert_close(b["clip"], change(a["clip"]), rtol=0, atol=0)  # same crop, jitter, occlusion
+            changed += 1
+        else:
+            torch.testing.assert_close(b["clip"], a["clip"], rtol=0, atol=0)
+    return changed

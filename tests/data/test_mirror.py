@@ -7,12 +7,8 @@ import torch
 
 from actionrec import build
 from actionrec.config import ConfigError, load_config
-from actionrec.data.dataset import ClipSampling, VideoClipDataset
 from actionrec.data.mirror import Mirror, flip_frames, mirror_label_map, mirror_labels, mirror_report
 from actionrec.data.splits import load_split
-from actionrec.data.transforms import train_transform
-
-KW = dict(resize_short=40, crop_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
 
 def test_mirror_flips_swaps_twins_keeps_own_class_and_is_deterministic():
@@ -90,25 +86,13 @@ def test_mirror_labels_from_what_the_scouts_say():
 
 
 def test_video_dataset_flips_the_same_augmented_frames(tiny_dataset):
+    from tests.helpers import count_swapped_items
+
     split = load_split(tiny_dataset)
     classes = list(split.classes)
     mirror = Mirror(mirror_label_map([(0, 1)]), flip_frames, prob=0.5, seed=3)
-
-    def make(m):
-        return VideoClipDataset(split.train, sampling=ClipSampling(clip_len=6), train=True, seed=3,
-                                transforms=[train_transform(**KW, hflip=False)], mirror=m)
-
-    plain, mirroring = make(None), make(mirror)
-    flipped = 0
-    for i, sample in enumerate(split.train):
-        a, b = plain[i], mirroring[i]
-        if b["label"] != a["label"]:
-            assert {a["label"], b["label"]} == {0, 1}
-            torch.testing.assert_close(b["clip"], a["clip"].flip(-1), rtol=0, atol=0)  # same draws, mirrored
-            flipped += 1
-        else:
-            torch.testing.assert_close(b["clip"], a["clip"], rtol=0, atol=0)
-    assert flipped >= 1 and len(classes) > 2
+    flipped = count_swapped_items(split.train, lambda clip: clip.flip(-1), mirror=mirror)  # every frame mirrored
+    assert flipped >= 1
     assert sum(s.label in (0, 1) for s in split.train) > flipped  # some stayed as they were (p = 0.5)
     # Named pairs reach the training set through the config; eval sets are never mirrored.
     cfg = load_config(None, [f"data.mirror_pairs=[[{classes[0]}, {classes[1]}]]", "data.hflip=false"])
@@ -118,28 +102,20 @@ def test_video_dataset_flips_the_same_augmented_frames(tiny_dataset):
 
 
 def test_feature_dataset_mirrors_cached_features():
-    from actionrec.engine.feature_cache import FeatureDataset
+    from tests.helpers import in_memory_feature_datasets
 
-    class Cache:
-        def __init__(self, feats):
-            self.feats = feats
-
-        def get(self, path):
-            return self.feats[path]
-
-    feats = {f"v{i}": torch.randn(1, 5, 4) for i in range(40)}  # (views, T, D) per video
-    ds = type("DS", (), {"paths": list(feats), "labels": [i % 3 for i in range(40)]})()
     negate = torch.neg  # a stand-in for CNNLSTM.mirror_features
-    fd = FeatureDataset(ds, [Cache(feats)], train=True, mirror=Mirror({0: 1, 1: 0, 2: 2}, negate, prob=0.5, seed=1))
+    fd, val, feats, labels = in_memory_feature_datasets(mirror=Mirror({0: 1, 1: 0, 2: 2}, negate, prob=0.5, seed=1))
     flips = {"pair": 0, "own": 0}
     for i in range(40):
         item, x = fd[i], feats[f"v{i}"][0]
         if not torch.equal(item["clip"], x):
             torch.testing.assert_close(item["clip"], -x)
-            assert item["label"] == {0: 1, 1: 0, 2: 2}[ds.labels[i]]
-            flips["own" if ds.labels[i] == 2 else "pair"] += 1
+            assert item["label"] == {0: 1, 1: 0, 2: 2}[labels[i]]
+            flips["own" if labels[i] == 2 else "pair"] += 1
         else:
-            assert item["label"] == ds.labels[i]
+            assert item["label"] == labels[i]
     assert flips["pair"] >= 3 and flips["own"] >= 2
-    val = FeatureDataset(ds, [Cache(feats)], train=False, mirror=Mirror({0: 1, 1: 0}, negate, prob=1.0))
-    assert all(val[i]["label"] == ds.labels[i] and torch.equal(val[i]["clip"], feats[f"v{i}"]) for i in range(40))
+    # Validation items are never mirrored.
+    _, val, feats, labels = in_memory_feature_datasets(mirror=Mirror({0: 1, 1: 0}, negate, prob=1.0))
+    assert all(val[i]["label"] == labels[i] and torch.equal(val[i]["clip"], feats[f"v{i}"]) for i in range(40))

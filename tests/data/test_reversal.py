@@ -7,13 +7,9 @@ import torch
 
 from actionrec import build
 from actionrec.config import ConfigError, load_config
-from actionrec.data.dataset import ClipSampling, VideoClipDataset
 from actionrec.data.reversal import TimeReversal, reverse_pairs_to_indices
 from actionrec.data.splits import load_split
-from actionrec.data.transforms import train_transform
 from actionrec.models.losses import inverse_frequency_alpha
-
-KW = dict(resize_short=40, crop_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
 
 def test_reversal_flips_time_swaps_twins_and_is_deterministic():
@@ -61,57 +57,33 @@ def test_pair_names_are_checked():
 
 
 def test_video_dataset_reverses_the_same_augmented_frames(tiny_dataset):
+    from tests.helpers import count_swapped_items
+
     split = load_split(tiny_dataset)
     classes = list(split.classes)
-    twins = (classes[0], classes[1])
-    rev = TimeReversal(reverse_pairs_to_indices([twins], classes), prob=0.5, seed=3)
-
-    def make(reversal):
-        return VideoClipDataset(split.train, sampling=ClipSampling(clip_len=6), train=True, seed=3,
-                                transforms=[train_transform(**KW, hflip=False)], reversal=reversal)
-
-    plain, reversing = make(None), make(rev)
-    flipped = 0
-    for i, sample in enumerate(split.train):
-        a, b = plain[i], reversing[i]
-        if b["label"] != a["label"]:
-            assert {a["label"], b["label"]} == {0, 1}
-            # Same random crop, jitter and occlusion draws, frames in the opposite order.
-            torch.testing.assert_close(b["clip"], a["clip"].flip(0), rtol=0, atol=0)
-            flipped += 1
-        else:
-            torch.testing.assert_close(b["clip"], a["clip"], rtol=0, atol=0)
+    rev = TimeReversal(reverse_pairs_to_indices([(classes[0], classes[1])], classes), prob=0.5, seed=3)
+    flipped = count_swapped_items(split.train, lambda clip: clip.flip(0), reversal=rev)  # frames in the opposite order
     assert flipped >= 1
     assert sum(s.label in (0, 1) for s in split.train) > flipped  # some stayed forwards (p = 0.5)
 
 
 def test_feature_dataset_reverses_cached_features():
-    from actionrec.engine.feature_cache import FeatureDataset
+    from tests.helpers import in_memory_feature_datasets
 
-    class Cache:
-        def __init__(self, feats):
-            self.feats = feats
-
-        def get(self, path):
-            return self.feats[path]
-
-    # A stand-in cache (FeatureDataset only calls .get) keeps the test in memory.
-    feats = {f"v{i}": torch.randn(1, 5, 4) for i in range(40)}  # (views, T, D) per video
-    ds = type("DS", (), {"paths": list(feats), "labels": [i % 3 for i in range(40)]})()
-    fd = FeatureDataset(ds, [Cache(feats)], train=True, reversal=TimeReversal([(0, 1)], prob=0.5, seed=1))
+    fd, val, feats, labels = in_memory_feature_datasets(reversal=TimeReversal([(0, 1)], prob=0.5, seed=1))
     swapped = 0
     for i in range(40):
         item = fd[i]
-        if item["label"] != ds.labels[i]:
-            assert {item["label"], ds.labels[i]} == {0, 1}
+        if item["label"] != labels[i]:
+            assert {item["label"], labels[i]} == {0, 1}
             torch.testing.assert_close(item["clip"], feats[f"v{i}"][0].flip(0))
             swapped += 1
         else:
             torch.testing.assert_close(item["clip"], feats[f"v{i}"][0])
     assert swapped >= 3
     # Validation items are never reversed.
-    val = FeatureDataset(ds, [Cache(feats)], train=False, reversal=TimeReversal([(0, 1)], prob=1.0))
-    assert all(val[i]["label"] == ds.labels[i] for i in range(40))
+    _, val, feats, labels = in_memory_feature_datasets(reversal=TimeReversal([(0, 1)], prob=1.0))
+    assert all(val[i]["label"] == labels[i] and torch.equal(val[i]["clip"], feats[f"v{i}"]) for i in range(40))
 
 
 def _summaries(counts, directions, views=2, dim=12, noise=0.6, seed=0):
