@@ -19,7 +19,7 @@ from actionrec.data.dataset import DecodeFailures, VideoClipDataset, class_count
 from actionrec.data.reversal import (TimeReversal, match_twins, probe_scores, reverse_pairs_to_indices,
                                      scout_scores, twin_groups, twin_report)
 from actionrec.data.loader import BALANCE_POWER, build_loader
-from actionrec.data.mirror import Mirror, flip_frames, mirror_label_map, mirror_labels, mirror_report
+from actionrec.data.mirror import Mirror, flip_frames, mirror_labels, mirror_report
 from actionrec.data.splits import DatasetSplit, load_split
 from actionrec.data.synthetic import ensure_synthetic_dataset
 from actionrec.data.transforms import eval_transform, train_transform
@@ -108,7 +108,7 @@ def mirror_from(cfg: Config, classes, flip=flip_frames) -> Mirror | None:
     if not cfg.data.mirror_pairs or cfg.data.mirror_pairs == "auto":
         return None
     pairs = reverse_pairs_to_indices(cfg.data.mirror_pairs, list(classes), key="data.mirror_pairs")
-    return Mirror(mirror_label_map(pairs), flip, cfg.data.mirror_prob, seed=cfg.train.seed)
+    return Mirror(pairs, flip, cfg.data.mirror_prob, seed=cfg.train.seed)
 
 
 def train_dataset(cfg: Config, split: DatasetSplit, *, reverse: bool = True) -> VideoClipDataset:
@@ -235,7 +235,7 @@ def find_twins_from(cfg: Config, train_feats, model, classes: list[str]) -> Conf
                                    seed=cfg.train.seed)
         found = match_twins(scout, groups)
     if mirror:
-        flips = [(a, b) for a, b in mirror_labels(said)[0].items() if a <= b]
+        flips = mirror_labels(said)
     found, flips = gather_objects((found, flips))[0]
     data = cfg.data
     if reverse:
@@ -243,7 +243,7 @@ def find_twins_from(cfg: Config, train_feats, model, classes: list[str]) -> Conf
         data = replace(data, reverse_pairs=tuple((classes[a], classes[b]) for a, b, _ in found))
     if mirror:
         log.info("data.mirror_pairs=auto: %s", mirror_report(flips, said, classes))
-        data = replace(data, mirror_pairs=tuple((classes[a], classes[b]) for a, b in sorted(flips)))
+        data = replace(data, mirror_pairs=tuple((classes[a], classes[b]) for a, b in flips))
     log.info("twins found in %.0f s", time.perf_counter() - start)
     return replace(cfg, data=data)
 

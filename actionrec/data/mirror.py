@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
+
+from actionrec.data.reversal import TimeReversal
 
 # data.mirror_pairs=auto (mirror_labels): what the scouts must say of a class's mirrored clips: mostly
 # the class itself, or mostly each other. Set, not tuned; on ten real-footage sets a pan without its
@@ -34,65 +35,42 @@ def flip_frames(clip: torch.Tensor) -> torch.Tensor:
     return clip.flip(-1)
 
 
-class Mirror:
-    """Flip a training clip left-right with probability ``prob`` and give it its mirror label.
+class Mirror(TimeReversal):
+    """Flip a training clip left-right with probability ``prob`` and give it its mirror label
+    (``TimeReversal`` with a flip in place of the reversal, and its own draws).
 
     Args:
-        label_map: class index -> the class of its mirror image (itself, or its twin); classes
-            not in it are never flipped.
+        pairs: (class index, class index): a and b swap when flipped; (c, c): c is flipped with its
+            label kept; classes in no pair are never flipped. Each class in one pair only.
         flip: the flip of one clip: ``flip_frames`` for (T, C, H, W) frames,
             ``CNNLSTM.mirror_features`` for (T, D) cached features.
-        prob: chance that a clip of a class in ``label_map`` is flipped.
+        prob: chance that a clip of a class in a pair is flipped.
         seed: base seed; the draw for (epoch, item) is the same in every process and worker.
     """
 
-    def __init__(self, label_map: dict[int, int], flip: Callable[[torch.Tensor], torch.Tensor], prob: float = 0.5,
-                 seed: int = 0):
-        if not 0 <= prob <= 1:
-            raise ValueError(f"mirror probability must be in [0, 1], got {prob}")
-        for a, b in label_map.items():
-            if label_map.get(b) != a:
-                raise ValueError(f"mirror labels must be pairs or classes of their own: {a} -> {b} but {b} -> "
-                                 f"{label_map.get(b)}")
-        self.label_map, self.flip, self.prob, self.seed = dict(label_map), flip, prob, seed
+    NAME, STREAM = "mirror", 0x3199
 
-    def __call__(self, clip: torch.Tensor, label: int, epoch: int, index: int) -> tuple[torch.Tensor, int]:
-        if label not in self.label_map or self.prob == 0:
-            return clip, label
-        rng = np.random.default_rng([self.seed, 0x3199, epoch, index])
-        if rng.random() >= self.prob:
-            return clip, label
-        return self.flip(clip), self.label_map[label]
+    def __init__(self, pairs: Sequence[tuple[int, int]], flip: Callable[[torch.Tensor], torch.Tensor],
+                 prob: float = 0.5, seed: int = 0):
+        super().__init__(pairs, prob, seed)
+        self.flip = flip
 
-    def expected_counts(self, counts: Sequence[float]) -> list[float]:
-        """Per-class training clips per epoch once flips move some to their twin: (1 - p) n_a + p n_b."""
-        out = [float(n) for n in counts]
-        for a, b in self.label_map.items():
-            if a != b:
-                out[a] = (1 - self.prob) * counts[a] + self.prob * counts[b]
-        return out
-
-
-def mirror_label_map(pairs: Sequence[tuple[int, int]]) -> dict[int, int]:
-    """Class index pairs -> ``Mirror``'s label map: a and b swap; (c, c) keeps c's label."""
-    out: dict[int, int] = {}
-    for a, b in pairs:
-        out[a], out[b] = b, a
-    return out
+    def transform(self, clip: torch.Tensor) -> torch.Tensor:
+        return self.flip(clip)
 
 
 def mirror_labels(said: torch.Tensor, *, self_score: float = MIRROR_SELF_SCORE,
-                  twin_score: float = MIRROR_TWIN_SCORE) -> tuple[dict[int, int], list[tuple[int, int, float]]]:
-    """``data.mirror_pairs=auto``: the mirror labels from the scouts' answers on mirrored clips.
+                  twin_score: float = MIRROR_TWIN_SCORE) -> list[tuple[int, int]]:
+    """``data.mirror_pairs=auto``: the mirror pairs from the scouts' answers on mirrored clips.
 
     Args:
         said: (C, C) P[a][b], the scouts' mean softmax for b over class a's clips mirrored
             (the second answer of ``reversal.scout_scores`` with ``mirror``).
 
     Returns:
-        (label map for ``Mirror``, twins as (a, b, score) with a < b). A class keeps its label when
-        P[a][a] >= ``self_score``; two classes that do not are twins when (P[a][b] + P[b][a]) / 2 >=
-        ``twin_score`` (a maximum-weight matching); the rest are not flipped.
+        ``Mirror``'s pairs, (a, b) with a <= b, sorted: (a, a) when P[a][a] >= ``self_score`` (flipped
+        with its label kept); (a, b) for two classes that are not, when (P[a][b] + P[b][a]) / 2 >=
+        ``twin_score`` (a maximum-weight matching: swapped); the rest are in no pair (never flipped).
     """
     import networkx as nx
 
@@ -101,12 +79,7 @@ def mirror_labels(said: torch.Tensor, *, self_score: float = MIRROR_SELF_SCORE,
     graph = nx.Graph()
     graph.add_weighted_edges_from((a, b, float(said[a, b] + said[b, a]) / 2) for a in range(c) for b in range(a + 1, c)
                                   if a not in own and b not in own and float(said[a, b] + said[b, a]) / 2 >= twin_score)
-    twins = sorted(((min(e), max(e), graph.edges[e]["weight"]) for e in nx.max_weight_matching(graph)),
-                   key=lambda p: (-p[2], p[0]))
-    label_map = {a: a for a in own}
-    for a, b, _ in twins:
-        label_map[a], label_map[b] = b, a
-    return label_map, twins
+    return sorted([(a, a) for a in own] + [(min(e), max(e)) for e in nx.max_weight_matching(graph)])
 
 
 def mirror_report(flips: Sequence[tuple[int, int]], said: torch.Tensor, classes: Sequence[str]) -> str:

@@ -39,28 +39,36 @@ class TimeReversal:
         pairs: (class index, class index) twins; each class may appear in one pair only.
         prob: chance that a clip of a class with a twin is reversed.
         seed: base seed; the draw for (epoch, item) is the same in every process and worker.
+
+    ``data.mirror.Mirror`` is the same with a left-right flip for the reversal (``transform``) and
+    draws of its own (``STREAM``).
     """
+
+    NAME, STREAM = "reverse", 0x7E5E  # what the pairs are called in errors; the draws' stream
 
     def __init__(self, pairs: Sequence[tuple[int, int]], prob: float = 0.5, seed: int = 0):
         if not 0 <= prob <= 1:
-            raise ValueError(f"reversal probability must be in [0, 1], got {prob}")
+            raise ValueError(f"{self.NAME} probability must be in [0, 1], got {prob}")
         self.twin: dict[int, int] = {}
         for a, b in pairs:
             for c in {a, b}:
                 if c in self.twin:
-                    raise ValueError(f"class {c} is in two reverse pairs")
+                    raise ValueError(f"class {c} is in two {self.NAME} pairs")
             self.twin[a], self.twin[b] = b, a
         self.prob, self.seed = prob, seed
+
+    def transform(self, clip: torch.Tensor) -> torch.Tensor:
+        return clip.flip(0)
 
     def __call__(self, clip: torch.Tensor, label: int, epoch: int, index: int) -> tuple[torch.Tensor, int]:
         """``clip`` (T, ...) frames or per-frame features of item ``index`` in ``epoch`` -> the clip
         or the clip reversed along time, and the label that goes with it."""
         if label not in self.twin or self.prob == 0:
             return clip, label
-        rng = np.random.default_rng([self.seed, 0x7E5E, epoch, index])
+        rng = np.random.default_rng([self.seed, self.STREAM, epoch, index])
         if rng.random() >= self.prob:
             return clip, label
-        return clip.flip(0), self.twin[label]
+        return self.transform(clip), self.twin[label]
 
     def expected_counts(self, counts: Sequence[int]) -> list[float]:
         """Per-class training clips per epoch once reversal moves some to their twin (for

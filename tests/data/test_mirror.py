@@ -7,12 +7,12 @@ import torch
 
 from actionrec import build
 from actionrec.config import ConfigError, load_config
-from actionrec.data.mirror import Mirror, flip_frames, mirror_label_map, mirror_labels, mirror_report
+from actionrec.data.mirror import Mirror, flip_frames, mirror_labels, mirror_report
 from actionrec.data.splits import load_split
 
 
 def test_mirror_flips_swaps_twins_keeps_own_class_and_is_deterministic():
-    mirror = Mirror(mirror_label_map([(0, 1), (2, 2)]), flip_frames, prob=0.5, seed=7)
+    mirror = Mirror([(0, 1), (2, 2)], flip_frames, prob=0.5, seed=7)
     clip = torch.arange(12.0).view(1, 1, 3, 4)  # (T, C, H, W)
     outcomes = {0: 0, 1: 0}
     for index in range(200):
@@ -22,7 +22,7 @@ def test_mirror_flips_swaps_twins_keeps_own_class_and_is_deterministic():
         else:
             assert label == 0 and torch.equal(out, clip)
         outcomes[label] += 1
-        again, label2 = Mirror(mirror_label_map([(0, 1), (2, 2)]), flip_frames, prob=0.5, seed=7)(clip, 0, 0, index)
+        again, label2 = Mirror([(0, 1), (2, 2)], flip_frames, prob=0.5, seed=7)(clip, 0, 0, index)
         assert label2 == label and torch.equal(again, out)
     assert 70 <= outcomes[1] <= 130, outcomes  # p = 0.5 of 200
     # [C, C]: flipped, label kept; a class not named: never flipped.
@@ -35,12 +35,14 @@ def test_mirror_flips_swaps_twins_keeps_own_class_and_is_deterministic():
     rev = TimeReversal([(0, 1)], prob=0.5, seed=7)
     same = sum(rev(clip, 0, 0, i)[1] == mirror(clip, 0, 0, i)[1] for i in range(200))
     assert same < 150
-    with pytest.raises(ValueError, match="pairs or classes of their own"):
-        Mirror({0: 1, 1: 2, 2: 1}, flip_frames)
+    with pytest.raises(ValueError, match="class 1 is in two mirror pairs"):
+        Mirror([(0, 1), (1, 2)], flip_frames)
+    with pytest.raises(ValueError, match=r"mirror probability must be in \[0, 1\]"):
+        Mirror([(0, 1)], flip_frames, prob=1.5)
 
 
 def test_expected_counts_compose_with_reversal_in_the_loss_prior():
-    mirror = Mirror(mirror_label_map([(0, 1), (2, 2)]), flip_frames, prob=0.5)
+    mirror = Mirror([(0, 1), (2, 2)], flip_frames, prob=0.5)
     assert mirror.expected_counts([30, 10, 5, 7]) == [20.0, 20.0, 5.0, 7.0]
     # Reversal pairs 1/2, mirror pairs 0/1, each with p = 0.5: reversal first, then mirroring.
     cfg = load_config(None, ["data.reverse_pairs=[[b, c]]", "data.mirror_pairs=[[a, b], [c, c]]", "data.hflip=false",
@@ -77,9 +79,7 @@ def test_mirror_labels_from_what_the_scouts_say():
                          [0.01, 0.02, 0.95, 0.01, 0.01],
                          [0.20, 0.20, 0.20, 0.30, 0.10],
                          [0.45, 0.05, 0.05, 0.05, 0.40]], dtype=torch.float64)
-    label_map, twins = mirror_labels(said)
-    assert label_map == {0: 1, 1: 0, 2: 2}
-    assert [(a, b) for a, b, _ in twins] == [(0, 1)] and twins[0][2] == pytest.approx(0.85)
+    assert mirror_labels(said) == [(0, 1), (2, 2)]
     text = mirror_report([(0, 1), (2, 2)], said, ["L", "R", "Up", "Odd", "Half"])
     assert text.startswith("L/R (0.85); 1 of 5 classes flipped as they are (itself 0.95-0.95); never flipped: Odd "
                            "(itself 0.30), Half (itself 0.40)")
@@ -90,13 +90,13 @@ def test_video_dataset_flips_the_same_augmented_frames(tiny_dataset):
 
     split = load_split(tiny_dataset)
     classes = list(split.classes)
-    mirror = Mirror(mirror_label_map([(0, 1)]), flip_frames, prob=0.5, seed=3)
+    mirror = Mirror([(0, 1)], flip_frames, prob=0.5, seed=3)
     flipped = count_swapped_items(split.train, lambda clip: clip.flip(-1), mirror=mirror)  # every frame mirrored
     assert flipped >= 1
     assert sum(s.label in (0, 1) for s in split.train) > flipped  # some stayed as they were (p = 0.5)
     # Named pairs reach the training set through the config; eval sets are never mirrored.
     cfg = load_config(None, [f"data.mirror_pairs=[[{classes[0]}, {classes[1]}]]", "data.hflip=false"])
-    assert build.train_dataset(cfg, split).mirror.label_map == {0: 1, 1: 0}
+    assert build.train_dataset(cfg, split).mirror.twin == {0: 1, 1: 0}
     assert build.train_dataset(cfg, split, reverse=False).mirror is None
     assert build.eval_dataset(cfg, split.test, num_clips=1).mirror is None
 
@@ -105,7 +105,7 @@ def test_feature_dataset_mirrors_cached_features():
     from tests.helpers import in_memory_feature_datasets
 
     negate = torch.neg  # a stand-in for CNNLSTM.mirror_features
-    fd, val, feats, labels = in_memory_feature_datasets(mirror=Mirror({0: 1, 1: 0, 2: 2}, negate, prob=0.5, seed=1))
+    fd, val, feats, labels = in_memory_feature_datasets(mirror=Mirror([(0, 1), (2, 2)], negate, prob=0.5, seed=1))
     flips = {"pair": 0, "own": 0}
     for i in range(40):
         item, x = fd[i], feats[f"v{i}"][0]
@@ -117,5 +117,5 @@ def test_feature_dataset_mirrors_cached_features():
             assert item["label"] == labels[i]
     assert flips["pair"] >= 3 and flips["own"] >= 2
     # Validation items are never mirrored.
-    _, val, feats, labels = in_memory_feature_datasets(mirror=Mirror({0: 1, 1: 0}, negate, prob=1.0))
+    _, val, feats, labels = in_memory_feature_datasets(mirror=Mirror([(0, 1)], negate, prob=1.0))
     assert all(val[i]["label"] == labels[i] and torch.equal(val[i]["clip"], feats[f"v{i}"]) for i in range(40))
