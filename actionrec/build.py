@@ -180,15 +180,18 @@ def train_data(cfg: Config, split: DatasetSplit, **loader_kw) -> TrainData:
 
 
 def use_cached_features(cfg: Config, data: TrainData, split: DatasetSplit, model, *, rank: int = 0,
-                        world_size: int = 1, barrier=lambda: None, **loader_kw) -> Config:
+                        world_size: int = 1, barrier=lambda: None, on_cached=lambda: None, **loader_kw) -> Config:
     """``train.cache_features``: ``data``'s loaders read the frozen backbone's features (``feature_datasets``).
 
+    ``on_cached()`` runs once the features are there, before the twin search: from then on only this
+    process works (tools/train.py chooses its CPU threads again without the decode workers).
     Returns ``cfg``, with ``data.reverse_pairs=auto`` and ``data.mirror_pairs=auto`` replaced by the
     pairs found (``find_twins_from``).
     """
     train_feats, val_feats, bad = feature_datasets(cfg, split, model, rank=rank, world_size=world_size,
                                                    barrier=barrier)
     data.failures.add(bad)
+    on_cached()
     if "auto" in (cfg.data.reverse_pairs, cfg.data.mirror_pairs):
         cfg = find_twins_from(cfg, train_feats, model, list(split.classes))
         train_feats.reversal = reversal_from(cfg, split.classes)

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from actionrec import build
 from actionrec.data.dataset import ClipSampling, VideoClipDataset
 from actionrec.data.loader import build_loader
 from actionrec.data.splits import load_split
@@ -204,7 +205,8 @@ def test_augmented_views_are_the_train_pipeline_and_epochs_cycle_through_them(ti
 
 @pytest.mark.parametrize("pairs,mirror,grid", [("[[Grow, Shrink]]", "[[MoveLeft, MoveRight], [Grow, Grow]]", 1),
                                                ("auto", "auto", 2)])
-def test_train_tool_with_augmented_views_motion_and_transformer(tiny_root, tmp_path, pairs, mirror, grid, capsys):
+def test_train_tool_with_augmented_views_motion_and_transformer(tiny_root, tmp_path, pairs, mirror, grid, capsys,
+                                                               monkeypatch):
     """The cpu_pretrained recipe's path: K cached train views, motion features, the appearance
     contrast (channel means, or with the recipe's contrast_grid=2 also their cells), transformer head,
     logit-adjusted cross-entropy, reverse and mirror pairs named or found; the checkpoint then runs on
@@ -212,6 +214,11 @@ def test_train_tool_with_augmented_views_motion_and_transformer(tiny_root, tmp_p
     from tests.helpers import load_tool
 
     train_tool = load_tool("train")
+    events = []  # thread choices (cores left to workers) and twin searches, in order
+    monkeypatch.setattr(train_tool.D, "set_cpu_threads",
+                        lambda requested, *, num_workers: events.append(("threads", num_workers)) or 1)
+    search = build.find_twins_from
+    monkeypatch.setattr(build, "find_twins_from", lambda *a, **k: events.append(("search",)) or search(*a, **k))
     overrides = [
         f"data.root={tiny_root}", f"data.cache_dir={tmp_path / 'cache'}", "data.clip_len=4", "data.resize_short=40",
         "data.crop_size=32", "data.num_workers=0", "model.backbone=test_resnet", "model.hidden_size=16",
@@ -227,6 +234,8 @@ def test_train_tool_with_augmented_views_motion_and_transformer(tiny_root, tmp_p
     # The run's config records the pairs it trained with: auto is replaced by what was found.
     saved = yaml.safe_load((Path(result["run_dir"]) / "config.yaml").read_text())["data"]
     if pairs == "auto":
+        # The threads are chosen again once the features are cached, and the twin search runs with them.
+        assert events == [("threads", 0), ("threads", 0), ("search",)]
         err = capsys.readouterr().err
         assert "data.reverse_pairs=auto: " in err and "data.mirror_pairs=auto: " in err
         reverse = saved["reverse_pairs"]
