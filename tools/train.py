@@ -92,12 +92,15 @@ def build_run(cfg: Config, args: argparse.Namespace) -> Run:
         model = D.wrap_ddp(model, sync_bn=cfg.train.sync_bn)
     core = unwrap(model)
     if cfg.train.cache_features:
-        def rechoose_threads():  # the twin search and the head epochs read the cache in this process: no decode workers need cores now
+        # Once the cache is filled, the twin search and the head epochs read it in this process: no
+        # decode workers need cores now.
+        def rechoose_threads():
             if head_dev.type == "cpu":
                 log.info("torch CPU threads for the twin search and the head epochs: %d",
                          D.set_cpu_threads(cfg.train.cpu_threads, num_workers=0))
         # auto reverse_pairs / mirror_pairs: found
-        cfg = build.use_cached_features(cfg, data, split, core, barrier=D.barrier, on_cached=rechoose_threads, **loader_kw)
+        cfg = build.use_cached_features(cfg, data, split, core, barrier=D.barrier, on_cached=rechoose_threads,
+                                        **loader_kw)
     criterion = build.loss_from(cfg, data.train_ds.labels, data.classes).to(head_dev)
     optimizer = create_optimizer(core, cfg.optim.name, **build.optimizer_kwargs(cfg))
     steps_per_epoch = min(len(data.train_loader), cfg.train.max_steps_per_epoch or len(data.train_loader))
