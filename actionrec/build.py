@@ -193,7 +193,7 @@ def use_cached_features(cfg: Config, data: TrainData, split: DatasetSplit, model
     data.failures.add(bad)
     on_cached()
     if "auto" in (cfg.data.reverse_pairs, cfg.data.mirror_pairs):
-        cfg = find_twins_from(cfg, train_feats, model, list(split.classes))
+        cfg = find_twins_from(cfg, train_feats, model, list(split.classes), rank=rank, world_size=world_size)
         train_feats.reversal = reversal_from(cfg, split.classes)
         train_feats.mirror = mirror_from(cfg, split.classes, model.mirror_features)
     # In-memory tensors: worker processes would only add overhead.
@@ -202,7 +202,8 @@ def use_cached_features(cfg: Config, data: TrainData, split: DatasetSplit, model
     return cfg
 
 
-def find_twins_from(cfg: Config, train_feats, model, classes: list[str]) -> Config:
+def find_twins_from(cfg: Config, train_feats, model, classes: list[str], *, rank: int = 0,
+                    world_size: int = 1) -> Config:
     """``data.reverse_pairs=auto`` and ``data.mirror_pairs=auto``: the twins read off the cached training
     features (every view), logged with their scores.
 
@@ -211,7 +212,8 @@ def find_twins_from(cfg: Config, train_feats, model, classes: list[str]) -> Conf
     config, their heads trained on the forward clips, say which classes pair up there
     (``scout_scores``, ``match_twins``). Mirror: the same scouts label every clip mirrored
     (``model.mirror_features``), and ``mirror_labels`` reads off which classes look the same, which
-    swap and which neither. Rank 0's answer holds for every rank. Returns ``cfg`` with the pairs found
+    swap and which neither. Under DDP the ranks share the scouts out (``rank``, ``world_size``), and
+    rank 0's answer holds for every rank. Returns ``cfg`` with the pairs found
     in place of ``auto`` (none: ``[]``; a class flipped as it is: ``[C, C]``)."""
     import time
 
@@ -227,7 +229,7 @@ def find_twins_from(cfg: Config, train_feats, model, classes: list[str]) -> Conf
         fwd = torch.stack([model.order_summary(v).cpu() for v in views])
         bwd = torch.stack([model.order_summary(v.flip(1)).cpu() for v in views])
         probe = probe_scores(fwd, bwd, train_feats.labels, len(classes))
-        groups = twin_groups(probe)
+        groups = gather_objects(twin_groups(probe))[0]  # rank 0's: every rank then trains its scouts, or none does
     if groups or mirror:
         plain = replace(cfg, data=replace(cfg.data, reverse_pairs=(), mirror_pairs=()))  # the scouts see forward clips only
         scout, said = scout_scores(lambda: model_from(cfg, len(classes)).place(model.input_device, model.output_device),
@@ -235,7 +237,7 @@ def find_twins_from(cfg: Config, train_feats, model, classes: list[str]) -> Conf
                                    criterion=loss_from(plain, train_feats.labels, classes).to(model.output_device),
                                    mirror=model.mirror_features if mirror else None,
                                    batch_size=cfg.train.batch_size, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                                   seed=cfg.train.seed)
+                                   seed=cfg.train.seed, rank=rank, world_size=world_size, gather=gather_objects)
         found = match_twins(scout, groups)
     if mirror:
         flips = mirror_labels(said)

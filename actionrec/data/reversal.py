@@ -170,7 +170,8 @@ def twin_groups(probe: torch.Tensor, *, related: float = RELATED_SCORE, suspect:
 def scout_scores(new_model: Callable[[], torch.nn.Module], views: Sequence[torch.Tensor], labels: Sequence[int],
                  num_classes: int, *, criterion: torch.nn.Module, mirror: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  scouts: int = SCOUTS, epochs: int = SCOUT_EPOCHS, batch_size: int = 16, lr: float = 1e-3,
-                 weight_decay: float = 0.05, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 weight_decay: float = 0.05, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 gather: Callable[[object], list] = lambda mine: [mine]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Which class each class's clips look like when played backwards (and mirrored), to scout heads.
 
     A scout is a fresh model from ``new_model()`` (the recipe's, built under seed ``seed + k``),
@@ -189,6 +190,10 @@ def scout_scores(new_model: Callable[[], torch.nn.Module], views: Sequence[torch
         labels: the videos' class indices.
         mirror: the left-right flip of a (V, T, D) clip's features (``CNNLSTM.mirror_features``):
             the same scouts also label every training clip mirrored (``data.mirror_pairs=auto``).
+        rank, world_size, gather: under DDP each rank trains its share of the scouts (scout k on rank
+            k mod world_size) and ``gather`` (``engine.distributed.gather_objects``: every rank's
+            object, in rank order) brings them together; the sum runs in scout order, so every
+            rank's scores equal one process's to the bit.
 
     Returns:
         (C, C) symmetric score, float64 on the CPU; and with ``mirror``, the scouts' P[a][b] for
@@ -196,10 +201,13 @@ def scout_scores(new_model: Callable[[], torch.nn.Module], views: Sequence[torch
     """
     y = torch.as_tensor(list(labels), dtype=torch.long)
     played = [lambda v: v.flip(1)] + ([mirror] if mirror is not None else [])
+    mine = {k: _scout_says(new_model, views, y, num_classes, played, criterion=criterion, epochs=epochs,
+                           batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed + k)
+            for k in range(rank, scouts, world_size)}
+    every = {k: says for part in gather(mine) for k, says in part.items()}
     said = torch.zeros(len(played), num_classes, num_classes, dtype=torch.float64)
     for k in range(scouts):
-        said += _scout_says(new_model, views, y, num_classes, played, criterion=criterion, epochs=epochs,
-                            batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed + k)
+        said += every[k]
     said /= scouts * torch.bincount(y, minlength=num_classes).clamp_min(1).double()[:, None]
     return (said[0] + said[0].T) / 2, (said[1] if mirror is not None else None)
 

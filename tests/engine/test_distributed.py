@@ -2,8 +2,10 @@
 
 The DDP tests launch real processes with ``torchrun --standalone --nproc_per_node=2``: one launch of
 ``ddp_worker.py`` serves the training, placement and evaluation checks (a module fixture), launches
-of ``tools/train.py`` check checkpoints, ``--resume auto`` and a backbone with head parameters under
-a feature grid end to end, and ``ddp_stop_worker.py`` the bad-video limit reached on one rank only.
+of ``tools/train.py`` check checkpoints, ``--resume auto``, a backbone with head parameters under
+a feature grid and the twin search on cached features end to end, ``ddp_scout_worker.py`` the
+search's scouts shared out over the ranks, and ``ddp_stop_worker.py`` the bad-video limit reached
+on one rank only.
 The CUDA versions (NCCL, GPU placement) are in tests/gpu/.
 """
 
@@ -201,6 +203,30 @@ def test_distributed_eval_counts_each_video_once(ddp_run):
     assert e0["top1"] == ref["top1"] and e0["loss"] == pytest.approx(ref["loss"], rel=1e-6)
 
 
+def test_ddp_ranks_share_the_scouts_and_agree_with_one_process(tmp_path):
+    """data.reverse_pairs/mirror_pairs=auto under DDP: rank r trains scouts r, r + 2, ... (not all
+    of them), and after the gather every rank holds exactly the scores one process computes."""
+    scouts = load_module("ddp_scout_worker", Path(__file__).with_name("ddp_scout_worker.py"))
+    torchrun(str(Path(__file__).with_name("ddp_scout_worker.py")), str(tmp_path))
+    ranks = [torch.load(tmp_path / f"scouts_rank{r}.pt") for r in (0, 1)]
+    from actionrec.data.reversal import SCOUTS, scout_scores
+    from actionrec.models.losses import FocalLoss
+
+    seed = scouts.SCOUT_KW["seed"]
+    assert SCOUTS == 3
+    assert ranks[0]["built"] == [seed, seed + 2] and ranks[1]["built"] == [seed + 1]
+    views, labels = scouts.scout_inputs()
+    built: list[int] = []
+    score, mirrored = scout_scores(lambda: scouts.new_model(built), views, labels, scouts.NUM_CLASSES,
+                                   criterion=FocalLoss(), mirror=lambda v: v.flip(-1), **scouts.SCOUT_KW)
+    assert built == [seed, seed + 1, seed + 2]
+    for r in ranks:
+        assert torch.equal(r["score"], score) and torch.equal(r["mirrored"], mirrored)
+    # Every scout counted once: each class's clips spread a softmax's worth (1) over the classes.
+    torch.testing.assert_close(mirrored.sum(1), torch.ones(scouts.NUM_CLASSES, dtype=torch.float64))
+    torch.testing.assert_close(score.sum(), torch.tensor(float(scouts.NUM_CLASSES), dtype=torch.float64))
+
+
 # ---------------------------------------------------------------------------------------------
 # tools/train.py under torchrun
 
@@ -250,6 +276,19 @@ def test_train_tool_under_torchrun_backbone_with_head_parameters_and_grid(tiny_d
                          "train.max_steps_per_epoch=3", "train.epochs=1"))
     ckpt = load_checkpoint(tmp_path / "ddp" / "last.pt")
     assert ckpt["step"] == 3 and ckpt["config"]["model"]["feature_grid"] == 2
+
+
+@pytest.mark.slow
+def test_train_tool_under_torchrun_finds_the_twins_on_cached_features(tiny_dataset, tmp_path):
+    """The twin search on cached features with its collectives (rank 0's groups, the scouts' gather,
+    rank 0's pairs): both ranks get through it and train on the same pairs."""
+    proc = torchrun(*train_args(tiny_dataset, tmp_path, "model.freeze_backbone=true", "train.cache_features=true",
+                                "train.cache_views=2", f"data.cache_dir={tmp_path / 'cache'}", "data.reverse_pairs=auto",
+                                "data.mirror_pairs=auto", "train.epochs=1"))
+    assert "world size 2" in proc.stderr and "twins found in" in proc.stderr
+    ckpt = load_checkpoint(tmp_path / "ddp" / "last.pt")
+    data = ckpt["config"]["data"]
+    assert data["reverse_pairs"] != "auto" and data["mirror_pairs"] != "auto"
 
 
 @pytest.mark.slow
