@@ -24,8 +24,8 @@ SCOUT_KW = dict(epochs=3, batch_size=8, lr=3e-3, seed=5)
 
 
 def scout_inputs():
-    """Cached views of 4 classes (channel 0 rises / falls, channel 1 rises, channel 2 falls), labels,
-    and a model builder that records the seed each scout was built under."""
+    """Cached (V, T, D) views of 4 classes (channel 0 rises / falls, channel 1 rises, channel 2 falls)
+    and their labels, the same in every process."""
     g = torch.Generator().manual_seed(0)
     d = new_model().feature_dim
     t = torch.linspace(-1, 1, 6)
@@ -39,6 +39,7 @@ def scout_inputs():
 
 
 def new_model(built: list | None = None):
+    """A scout's model; ``built`` collects the seed each scout was built under."""
     if built is not None:
         built.append(torch.initial_seed())  # _scout_says seeds torch before it builds scout k
     return create_model("cnn_lstm", num_classes=NUM_CLASSES, backbone="test_resnet", pretrained=False,

@@ -281,7 +281,8 @@ def test_train_tool_under_torchrun_backbone_with_head_parameters_and_grid(tiny_d
 @pytest.mark.slow
 def test_train_tool_under_torchrun_finds_the_twins_on_cached_features(tiny_dataset, tmp_path):
     """The twin search on cached features with its collectives (rank 0's groups, the scouts' gather,
-    rank 0's pairs): both ranks get through it and train on the same pairs."""
+    rank 0's pairs; mirror_pairs=auto always trains the scouts): both ranks get through it, none
+    waiting alone in a collective, and the run records the pairs found in place of ``auto``."""
     proc = torchrun(*train_args(tiny_dataset, tmp_path, "model.freeze_backbone=true", "train.cache_features=true",
                                 "train.cache_views=2", f"data.cache_dir={tmp_path / 'cache'}", "data.reverse_pairs=auto",
                                 "data.mirror_pairs=auto", "train.epochs=1"))
