@@ -212,8 +212,9 @@ def find_twins_from(cfg: Config, train_feats, model, classes: list[str], *, rank
     config, their heads trained on the forward clips, say which classes pair up there
     (``scout_scores``, ``match_twins``). Mirror: the same scouts label every clip mirrored
     (``model.mirror_features``), and ``mirror_labels`` reads off which classes look the same, which
-    swap and which neither. Under DDP the ranks share the scouts out (``rank``, ``world_size``), and
-    rank 0's answer holds for every rank. Returns ``cfg`` with the pairs found
+    swap and which neither. Under DDP the ranks search rank 0's groups and share the scouts out
+    (``rank``, ``world_size``); the gathered scores are the same on every rank to the bit, and so are
+    the pairs. Returns ``cfg`` with the pairs found
     in place of ``auto`` (none: ``[]``; a class flipped as it is: ``[C, C]``)."""
     import time
 
@@ -241,7 +242,6 @@ def find_twins_from(cfg: Config, train_feats, model, classes: list[str], *, rank
         found = match_twins(scout, groups)
     if mirror:
         flips = mirror_labels(said)
-    found, flips = gather_objects((found, flips))[0]
     data = cfg.data
     if reverse:
         log.info("data.reverse_pairs=auto: %s", twin_report(found, probe, groups, classes))
