@@ -84,9 +84,10 @@ def sampling_spec(data: DataConfig) -> dict:
     return {"mode": s.mode, "frame_interval": s.frame_interval, "short_video": s.short_video}
 
 
-def reversal_from(cfg: Config, classes) -> TimeReversal | None:
-    """``data.reverse_pairs`` as a ``TimeReversal`` (None without pairs, and for ``auto`` until
-    ``find_twins_from`` has replaced it by the pairs found).
+def reversal_from(cfg: Config, classes, backwards=None) -> TimeReversal | None:
+    """``data.reverse_pairs`` as a ``TimeReversal`` playing clips backwards with ``backwards`` (None:
+    flipped along time; the feature cache's head inputs: ``CNNLSTM.reverse_inputs``); None without
+    pairs, and for ``auto`` until ``find_twins_from`` has replaced it by the pairs found.
 
     Raises:
         ConfigError: a named class is not one of ``classes``.
@@ -94,12 +95,12 @@ def reversal_from(cfg: Config, classes) -> TimeReversal | None:
     if not cfg.data.reverse_pairs or cfg.data.reverse_pairs == "auto":
         return None
     return TimeReversal(reverse_pairs_to_indices(cfg.data.reverse_pairs, list(classes)), cfg.data.reverse_prob,
-                        seed=cfg.train.seed)
+                        seed=cfg.train.seed, backwards=backwards)
 
 
 def mirror_from(cfg: Config, classes, flip=flip_frames) -> Mirror | None:
-    """``data.mirror_pairs`` as a ``Mirror`` flipping clips with ``flip`` (frames; cached features:
-    ``CNNLSTM.mirror_features``); None without pairs, and for ``auto`` until ``find_twins_from``
+    """``data.mirror_pairs`` as a ``Mirror`` flipping clips with ``flip`` (frames; the feature cache's
+    head inputs: ``CNNLSTM.mirror_inputs``); None without pairs, and for ``auto`` until ``find_twins_from``
     has replaced it by what it found.
 
     Raises:
@@ -186,7 +187,9 @@ def use_cached_features(cfg: Config, data: TrainData, split: DatasetSplit, model
     ``on_cached()`` runs once the features are there, before the twin search: from then on only this
     process works (tools/train.py chooses its CPU threads again without the decode workers).
     Returns ``cfg``, with ``data.reverse_pairs=auto`` and ``data.mirror_pairs=auto`` replaced by the
-    pairs found (``find_twins_from``).
+    pairs found (``find_twins_from``). The loaders then hold ``model.head_inputs`` of the cached
+    features, which ``model`` reads from then on (``read_head_inputs``), reversed and mirrored by
+    ``reverse_inputs`` and ``mirror_inputs``.
     """
     train_feats, val_feats, bad = feature_datasets(cfg, split, model, rank=rank, world_size=world_size,
                                                    barrier=barrier)
@@ -194,8 +197,12 @@ def use_cached_features(cfg: Config, data: TrainData, split: DatasetSplit, model
     on_cached()
     if "auto" in (cfg.data.reverse_pairs, cfg.data.mirror_pairs):
         cfg = find_twins_from(cfg, train_feats, model, list(split.classes), rank=rank, world_size=world_size)
-        train_feats.reversal = reversal_from(cfg, split.classes)
-        train_feats.mirror = mirror_from(cfg, split.classes, model.mirror_features)
+    # The head's parameter-free part (the motion correlation) once per cached clip, not every epoch.
+    train_feats.map_views(model.head_inputs)
+    val_feats.map_views(model.head_inputs)
+    model.read_head_inputs()
+    train_feats.reversal = reversal_from(cfg, split.classes, model.reverse_inputs)
+    train_feats.mirror = mirror_from(cfg, split.classes, model.mirror_inputs)
     # In-memory tensors: worker processes would only add overhead.
     data.train_loader, data.val_loader = train_val_loaders(cfg, train_feats, val_feats, rank=rank,
                                                            world_size=world_size, num_workers=0, **loader_kw)
@@ -233,10 +240,11 @@ def find_twins_from(cfg: Config, train_feats, model, classes: list[str], *, rank
         groups = gather_objects(twin_groups(probe))[0]  # rank 0's: every rank then trains its scouts, or none does
     if groups or mirror:
         plain = replace(cfg, data=replace(cfg.data, reverse_pairs=(), mirror_pairs=()))  # the scouts see forward clips only
-        scout, said = scout_scores(lambda: model_from(cfg, len(classes)).place(model.input_device, model.output_device),
-                                   views, train_feats.labels, len(classes),
+        inputs = [model.head_inputs(v) for v in views]  # the correlation once per clip, not every scout epoch
+        scout, said = scout_scores(lambda: model_from(cfg, len(classes)).place(model.input_device, model.output_device)
+                                   .read_head_inputs(), inputs, train_feats.labels, len(classes),
                                    criterion=loss_from(plain, train_feats.labels, classes).to(model.output_device),
-                                   mirror=model.mirror_features if mirror else None,
+                                   mirror=model.mirror_inputs if mirror else None, backwards=model.reverse_inputs,
                                    batch_size=cfg.train.batch_size, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                                    seed=cfg.train.seed, rank=rank, world_size=world_size, gather=gather_objects)
         found = match_twins(scout, groups)
@@ -435,8 +443,7 @@ def feature_datasets(cfg: Config, split: DatasetSplit, model, *, rank: int = 0, 
                 bad = extract_features(model, ds, cache, **kw)
             failed += bad
             caches.append(cache)
-        out.append(FeatureDataset(ds, caches, train=train, reversal=reversal_from(cfg, split.classes) if train else None,
-                                  mirror=mirror_from(cfg, split.classes, model.mirror_features) if train else None))
+        out.append(FeatureDataset(ds, caches, train=train))
     return out[0], out[1], sorted(set(failed))
 
 

@@ -39,6 +39,8 @@ class TimeReversal:
         pairs: (class index, class index) twins; each class may appear in one pair only.
         prob: chance that a clip of a class with a twin is reversed.
         seed: base seed; the draw for (epoch, item) is the same in every process and worker.
+        backwards: plays one (T, ...) clip backwards: a flip along time for frames and features,
+            ``CNNLSTM.reverse_inputs`` for the head inputs of the feature cache.
 
     ``data.mirror.Mirror`` is the same with a left-right flip for the reversal (``transform``) and
     draws of its own (``STREAM``).
@@ -46,7 +48,8 @@ class TimeReversal:
 
     NAME, STREAM = "reverse", 0x7E5E  # what the pairs are called in errors; the draws' stream
 
-    def __init__(self, pairs: Sequence[tuple[int, int]], prob: float = 0.5, seed: int = 0):
+    def __init__(self, pairs: Sequence[tuple[int, int]], prob: float = 0.5, seed: int = 0,
+                 backwards: Callable[[torch.Tensor], torch.Tensor] | None = None):
         if not 0 <= prob <= 1:
             raise ValueError(f"{self.NAME} probability must be in [0, 1], got {prob}")
         self.twin: dict[int, int] = {}
@@ -56,9 +59,10 @@ class TimeReversal:
                     raise ValueError(f"class {c} is in two {self.NAME} pairs")
             self.twin[a], self.twin[b] = b, a
         self.prob, self.seed = prob, seed
+        self.backwards = backwards
 
     def transform(self, clip: torch.Tensor) -> torch.Tensor:
-        return clip.flip(0)
+        return clip.flip(0) if self.backwards is None else self.backwards(clip)
 
     def __call__(self, clip: torch.Tensor, label: int, epoch: int, index: int) -> tuple[torch.Tensor, int]:
         """``clip`` (T, ...) frames or per-frame features of item ``index`` in ``epoch`` -> the clip
@@ -169,6 +173,7 @@ def twin_groups(probe: torch.Tensor, *, related: float = RELATED_SCORE, suspect:
 
 def scout_scores(new_model: Callable[[], torch.nn.Module], views: Sequence[torch.Tensor], labels: Sequence[int],
                  num_classes: int, *, criterion: torch.nn.Module, mirror: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 backwards: Callable[[torch.Tensor], torch.Tensor] = lambda v: v.flip(1),
                  scouts: int = SCOUTS, epochs: int = SCOUT_EPOCHS, batch_size: int = 16, lr: float = 1e-3,
                  weight_decay: float = 0.05, seed: int = 0, rank: int = 0, world_size: int = 1,
                  gather: Callable[[object], list] = lambda mine: [mine]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -184,12 +189,15 @@ def scout_scores(new_model: Callable[[], torch.nn.Module], views: Sequence[torch
     caller's draws are unchanged, and the scores depend on ``seed``, not on the caller's model.
 
     Args:
-        new_model: builds an untrained ``CNNLSTM`` with a frozen backbone, on its devices (only
-            ``forward_head`` runs).
-        views: per training video, its (V, T, D) cached views.
+        new_model: builds an untrained ``CNNLSTM`` with a frozen backbone, on its devices, that
+            reads ``views`` (only its head runs).
+        views: per training video, its (V, T, D) cached views (features, or ``head_inputs`` for a
+            model that reads them).
         labels: the videos' class indices.
-        mirror: the left-right flip of a (V, T, D) clip's features (``CNNLSTM.mirror_features``):
-            the same scouts also label every training clip mirrored (``data.mirror_pairs=auto``).
+        mirror: the left-right flip of a video's (V, T, D) views (``CNNLSTM.mirror_features``, or
+            ``mirror_inputs``): the same scouts also label every training clip mirrored
+            (``data.mirror_pairs=auto``).
+        backwards: plays a video's (V, T, D) views backwards (a flip along time; ``reverse_inputs``).
         rank, world_size, gather: under DDP each rank trains its share of the scouts (scout k on rank
             k mod world_size) and ``gather`` (``engine.distributed.gather_objects``: every rank's
             object, in rank order) brings them together; the sum runs in scout order, so every
@@ -200,7 +208,7 @@ def scout_scores(new_model: Callable[[], torch.nn.Module], views: Sequence[torch
         the mirrored clips (not symmetrised: P[a][a] says whether a looks the same mirrored), else None.
     """
     y = torch.as_tensor(list(labels), dtype=torch.long)
-    played = [lambda v: v.flip(1)] + ([mirror] if mirror is not None else [])
+    played = [backwards] + ([mirror] if mirror is not None else [])
     mine = {k: _scout_says(new_model, views, y, num_classes, played, criterion=criterion, epochs=epochs,
                            batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed + k)
             for k in range(rank, scouts, world_size)}
@@ -228,7 +236,7 @@ def _scout_says(new_model, views, y, num_classes, played, *, criterion, epochs, 
         for epoch in range(epochs):
             for idx in torch.randperm(len(views), generator=order).split(batch_size):
                 x = torch.stack([views[i][epoch % len(views[i])] for i in idx.tolist()]).to(device)
-                loss = criterion(scout.forward_head(x), y[idx].to(device))
+                loss = criterion(scout(x), y[idx].to(device))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -237,7 +245,7 @@ def _scout_says(new_model, views, y, num_classes, played, *, criterion, epochs, 
             for clips, label in zip(views, y.tolist()):
                 clips = clips.to(device)
                 for k, play in enumerate(played):
-                    said[k, label] += scout.forward_head(play(clips)).softmax(-1).mean(0).double().cpu()
+                    said[k, label] += scout(play(clips)).softmax(-1).mean(0).double().cpu()
     return said
 
 

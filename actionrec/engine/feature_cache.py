@@ -235,15 +235,18 @@ class FeatureDataset(Dataset):
     Items: ``clip`` (T, D) in train mode (epoch e reads cache e mod K, its first view) or (V, T, D)
     in eval mode, ``label``, ``index`` (position in the original dataset) and an empty ``failed``.
     Videos without an entry in every cache (they failed to decode) are left out.
-    ``CNNLSTM.forward`` takes such (B, T, D) features and runs only its head.
+    ``CNNLSTM.forward`` takes such (B, T, D) features and runs only its head; training replaces them
+    by the head's inputs first (``map_views(CNNLSTM.head_inputs)``).
 
     Args:
         dataset: the dataset the caches were filled from (its ``paths`` and ``labels``).
         caches: one cache, or one per augmented view.
         train: train-mode items.
         reversal: train only: a ``data.reversal.TimeReversal`` applied to the cached features
-            (frames are independent in the backbone, so this equals reversing the frames).
-        mirror: train only: a ``data.mirror.Mirror`` whose flip is ``CNNLSTM.mirror_features``.
+            (frames are independent in the backbone, so this equals reversing the frames; for head
+            inputs it plays them backwards with ``CNNLSTM.reverse_inputs``).
+        mirror: train only: a ``data.mirror.Mirror`` whose flip is ``CNNLSTM.mirror_features``
+            (head inputs: ``CNNLSTM.mirror_inputs``).
     """
 
     def __init__(self, dataset, caches: FeatureCache | Sequence[FeatureCache], *, train: bool, reversal=None,
@@ -264,6 +267,14 @@ class FeatureDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def map_views(self, fn) -> None:
+        """Replace every cached view by ``fn`` of it (``fn``: (V, T, D) -> (V, T, H), one video's
+        views at a time), e.g. ``CNNLSTM.head_inputs``: the parameter-free part of the head computed
+        once instead of every epoch."""
+        for feats, _, _ in self.items:
+            sizes = [f.shape[0] for f in feats]
+            feats[:] = fn(torch.cat(feats)).split(sizes)
 
     def set_epoch(self, epoch: int) -> None:
         """Epoch e reads view e mod K (the loaders of cached features run in this process)."""

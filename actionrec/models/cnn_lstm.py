@@ -79,6 +79,12 @@ def create_backbone(name: str, *, pretrained: str = "", pretrained_format: str =
     return model
 
 
+def flip_cells(x: torch.Tensor, channels: int, size: int) -> torch.Tensor:
+    """(..., channels * size * size) channel-major cells -> the same with each row of cells reversed
+    (the left-right mirror image)."""
+    return x.unflatten(-1, (channels, size, size)).flip(-1).flatten(-3)
+
+
 def grid_cells(fmap: torch.Tensor, grid: int, *, channels_last: bool = False) -> torch.Tensor:
     """Average-pool a feature map to a ``grid`` x ``grid`` map in the same layout.
 
@@ -198,6 +204,7 @@ class CNNLSTM(nn.Module):
         if feature_grid < 1:
             raise ValueError(f"feature_grid must be >= 1, got {feature_grid}")
         self.feature_grid = feature_grid
+        self.reads_inputs = False  # forward of (B, T, .) tensors: features (forward_head) or head_inputs (read_head_inputs)
         # Grid pooling: timm's head without its global pool ('' pool type) still holds the layers
         # that follow pooling (MobileNetV3 conv_head 576 -> 1024, ConvNeXt head.norm, MambaOut's
         # MLP); they run on every grid cell, as they run on the pooled vector with grid 1. Calling
@@ -362,18 +369,84 @@ class CNNLSTM(nn.Module):
         primitive on CPUs without native bf16 (it raises instead of falling back).
         """
         feats = feats.to(self.output_device, non_blocking=True).float()
-        a = self.appearance_dim
         with torch.autocast(device_type=feats.device.type, enabled=False):
-            # Layout (frame_features): appearance | motion map (motion) | stride-16 means [+ cells] (contrast).
-            head_in = feats[..., :a]
-            if self.motion != "none":
-                motion = self.motion_corr(feats[..., a : a + self.motion_dim])
-                head_in = motion if self.motion == "only" else torch.cat([head_in, motion], -1)
-            if self.contrast is None:
-                return self.head(head_in, lengths)
-            b, t = feats.shape[:2]
-            extra = self.contrast(feats[..., -self.contrast_dim :], valid_mask(lengths, b, t, feats.device))
-            return self.head(head_in, lengths, extra)
+            motion = self.motion_corr(self._motion_maps(feats)) if self.motion != "none" else None
+            return self._head(feats, motion, lengths)
+
+    def _motion_maps(self, feats: torch.Tensor) -> torch.Tensor:
+        a = self.appearance_dim
+        return feats[..., a : a + self.motion_dim]
+
+    def _head(self, feats: torch.Tensor, motion: torch.Tensor | None, lengths: torch.Tensor | None) -> torch.Tensor:
+        """The trainable part: ``feats``' appearance and contrast parts (any layout ending with the
+        contrast, as ``frame_features`` and ``head_inputs`` do) and the motion correlation."""
+        # Layout (frame_features): appearance | motion map (motion) | stride-16 means [+ cells] (contrast).
+        head_in = feats[..., : self.appearance_dim]
+        if motion is not None:
+            head_in = motion if self.motion == "only" else torch.cat([head_in, motion], -1)
+        if self.contrast is None:
+            return self.head(head_in, lengths)
+        b, t = feats.shape[:2]
+        extra = self.contrast(feats[..., -self.contrast_dim :], valid_mask(lengths, b, t, feats.device))
+        return self.head(head_in, lengths, extra)
+
+    # Head inputs: what forward_head computes from cached features before anything trainable runs (the
+    # motion correlation; 2/3 of a head step on a CPU), computed once per cached clip instead of every
+    # epoch (train.cache_features). Each frame's row: appearance | correlation with the next frame |
+    # correlation with the previous frame | contrast part; the second correlation makes playing the
+    # clip backwards a reordering (reverse_inputs), as the mirror is one (mirror_inputs).
+
+    def head_inputs(self, feats: torch.Tensor) -> torch.Tensor:
+        """(..., T, D) features -> (..., T, H) head inputs, fp32 on the features' device
+        (``forward_inputs`` of them equals ``forward_head`` of the features). Without motion they are
+        the features."""
+        if self.motion == "none":
+            return feats
+        lead, (t, d) = feats.shape[:-2], feats.shape[-2:]
+        x = feats.reshape(-1, t, d).to(self.output_device).float()
+        with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+            maps = self._motion_maps(x)
+            nxt = self.motion_corr(maps)
+            prev = self.motion_corr(maps.flip(1)).flip(1)  # frame t against frame t - 1; zeros at t = 0
+            a = self.appearance_dim
+            out = torch.cat([x[..., :a], nxt, prev, x[..., a + self.motion_dim :]], -1)
+        return out.reshape(*lead, t, out.shape[-1]).to(feats.device)
+
+    def forward_inputs(self, inputs: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, H) ``head_inputs`` -> (B, num_classes) logits, as ``forward_head`` of their features."""
+        inputs = inputs.to(self.output_device, non_blocking=True).float()
+        if self.motion == "none":
+            return self.forward_head(inputs, lengths)
+        a, m = self.appearance_dim, self.motion_corr.out_dim
+        with torch.autocast(device_type=inputs.device.type, enabled=False):
+            return self._head(inputs, inputs[..., a : a + m], lengths)
+
+    def read_head_inputs(self, on: bool = True) -> "CNNLSTM":
+        """From now on ``forward`` takes (B, T, H) tensors as ``head_inputs``, not features (the
+        feature cache's loaders hold head inputs); clips of frames are unaffected. Returns self."""
+        self.reads_inputs = on
+        return self
+
+    def reverse_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(..., T, H) head inputs -> those of the clip played backwards: time flipped, and each
+        frame's correlations with the next and the previous frame swapped."""
+        if self.motion == "none":
+            return inputs.flip(-2)
+        a, m = self.appearance_dim, self.motion_corr.out_dim
+        x = inputs.flip(-2)
+        return torch.cat([x[..., :a], x[..., a + m : a + 2 * m], x[..., a : a + m], x[..., a + 2 * m :]], -1)
+
+    def mirror_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(..., T, H) head inputs -> those of the frames flipped left-right (``mirror_features``,
+        with the correlations mirrored: exactly what they are for the mirrored maps)."""
+        if self.motion == "none":
+            return self.mirror_features(inputs)
+        a, m = self.appearance_dim, self.motion_corr.out_dim
+        parts = [self._mirror_appearance(inputs[..., :a]), self.motion_corr.mirror(inputs[..., a : a + m]),
+                 self.motion_corr.mirror(inputs[..., a + m : a + 2 * m])]
+        if self.contrast is not None:
+            parts.append(self._mirror_contrast(inputs[..., a + 2 * m :]))
+        return torch.cat(parts, -1)
 
     def mirror_features(self, feats: torch.Tensor) -> torch.Tensor:
         """(..., D) per-frame features -> the features of the frames flipped left-right, in feature
@@ -384,22 +457,25 @@ class CNNLSTM(nn.Module):
         appearance with grid 1, the contrast's channel means) are kept: for them the mirrored frame's
         values are not computable from the cache, and a CNN trained with flips (ImageNet's) gives
         nearly the same pooled features for a frame and its mirror image."""
-        def flip_cells(x: torch.Tensor, channels: int, size: int) -> torch.Tensor:
-            return x.unflatten(-1, (channels, size, size)).flip(-1).flatten(-3)
-
-        parts = [feats[..., : self.appearance_dim]]
-        if self.feature_grid > 1:
-            parts[0] = flip_cells(parts[0], self.appearance_dim // self.feature_grid**2, self.feature_grid)
         at = self.appearance_dim
+        parts = [self._mirror_appearance(feats[..., :at])]
         if self.motion != "none":
             parts.append(flip_cells(feats[..., at : at + self.motion_dim], self._motion_channels, self.motion_map))
             at += self.motion_dim
         if self.contrast is not None:
-            c = self.contrast_channels
-            parts.append(feats[..., at : at + c])
-            if self.contrast_grid > 1:
-                parts.append(flip_cells(feats[..., at + c : at + self.contrast_dim], c, self.contrast_grid))
+            parts.append(self._mirror_contrast(feats[..., at:]))
         return torch.cat(parts, -1)
+
+    def _mirror_appearance(self, x: torch.Tensor) -> torch.Tensor:
+        if self.feature_grid == 1:
+            return x
+        return flip_cells(x, self.appearance_dim // self.feature_grid**2, self.feature_grid)
+
+    def _mirror_contrast(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.contrast_channels
+        if self.contrast_grid == 1:
+            return x
+        return torch.cat([x[..., :c], flip_cells(x[..., c:], c, self.contrast_grid)], -1)
 
     @torch.no_grad()
     def order_summary(self, feats: torch.Tensor) -> torch.Tensor:
@@ -424,7 +500,7 @@ class CNNLSTM(nn.Module):
 
     def forward(self, clips: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, C, H, W) clips, or (B, T, D) backbone features (the frozen-backbone feature
-        cache), -> (B, num_classes) logits."""
+        cache; ``head_inputs`` after ``read_head_inputs``), -> (B, num_classes) logits."""
         if clips.dim() == 3:
-            return self.forward_head(clips, lengths)
+            return self.forward_inputs(clips, lengths) if self.reads_inputs else self.forward_head(clips, lengths)
         return self.forward_head(self.clip_features(clips), lengths)

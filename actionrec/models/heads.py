@@ -304,6 +304,12 @@ class MotionCorrelation(nn.Module):
         vol = grid_cells(vol, self.grid).reshape(b, t - 1, self.out_dim)
         return torch.cat([vol, vol.new_zeros(b, 1, self.out_dim)], 1)
 
+    def mirror(self, out: torch.Tensor) -> torch.Tensor:
+        """(..., out_dim) output -> the output for the maps flipped left-right: displacement dx
+        becomes -dx and the grid's columns swap (exact: the same dot products, moved)."""
+        d = 2 * self.radius + 1
+        return out.unflatten(-1, (d, d, self.grid, self.grid)).flip(-3).flip(-1).flatten(-4)
+
     def _all_pairs(self, cur: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
         """(N, C, s*s) unit-norm maps of frames t and t+1 -> (N, D2, s, s): every position pair in one
         batched matrix product, then the displacements picked out of it by index."""

@@ -260,3 +260,45 @@ def test_train_tool_with_augmented_views_motion_and_transformer(tiny_root, tmp_p
     _, model, classes = model_from_checkpoint(Path(result["run_dir"]) / "last.pt")
     with torch.no_grad():
         assert model(torch.randn(2, 4, 3, 32, 32)).shape == (2, len(classes))
+
+
+def test_feature_dataset_of_head_inputs_gives_what_the_features_would_give():
+    """Training on the cache replaces each view by the head's inputs (FeatureDataset.map_views with
+    CNNLSTM.head_inputs); reversed and mirrored by reverse_inputs and mirror_inputs, every item, with its
+    label, is the head inputs of the item the raw features give (the same draws)."""
+    from actionrec.data.mirror import Mirror
+    from actionrec.data.reversal import TimeReversal
+
+    torch.manual_seed(0)
+    model = create_model("cnn_lstm", num_classes=3, backbone="test_resnet", temporal="transformer", motion="only",
+                         motion_map=4, motion_softmax=0.1, hidden_size=16, contrast=8, contrast_grid=2).eval()
+    with torch.no_grad():
+        feats = {f"v{i}": model.clip_features(torch.randn(2, 5, 3, 32, 32)) for i in range(12)}  # 2 views each
+
+    class Cache:
+        def __init__(self, view):
+            self.view = view
+
+        def get(self, path):
+            return feats[path][self.view : self.view + 1]
+
+    ds = type("DS", (), {"paths": list(feats), "labels": [i % 3 for i in range(12)]})()
+    caches = [Cache(0), Cache(1)]
+    raw = FeatureDataset(ds, caches, train=True, reversal=TimeReversal([(0, 1)], seed=3),
+                         mirror=Mirror([(0, 0), (1, 2)], model.mirror_features, seed=3))
+    inputs = FeatureDataset(ds, caches, train=True, reversal=TimeReversal([(0, 1)], seed=3, backwards=model.reverse_inputs),
+                            mirror=Mirror([(0, 0), (1, 2)], model.mirror_inputs, seed=3))
+    inputs.map_views(model.head_inputs)
+    changed = 0
+    for epoch in range(3):
+        raw.set_epoch(epoch)
+        inputs.set_epoch(epoch)
+        for i in range(len(raw)):
+            a, b = raw[i], inputs[i]
+            assert a["label"] == b["label"] and a["index"] == b["index"]
+            torch.testing.assert_close(b["clip"], model.head_inputs(a["clip"]), rtol=1e-5, atol=1e-6)
+            changed += a["label"] != ds.labels[a["index"]]
+    assert changed > 0  # some items were played backwards or mirrored into another class
+    val = FeatureDataset(ds, caches[:1], train=False)
+    val.map_views(model.head_inputs)
+    torch.testing.assert_close(val[4]["clip"], model.head_inputs(feats["v4"][:1]))

@@ -342,6 +342,52 @@ def test_mirror_features_mirror_every_spatial_part(motion_softmax):
     torch.testing.assert_close(grid.mirror_features(g).unflatten(-1, (-1, 2, 2)), g.unflatten(-1, (-1, 2, 2)).flip(-1))
 
 
+@pytest.mark.parametrize("motion, contrast, feature_grid", [("only", 8, 1), ("add", 0, 2), ("none", 8, 1)])
+def test_head_inputs_give_the_logits_of_the_features_played_any_way(motion, contrast, feature_grid):
+    """train.cache_features: the head's parameter-free part (the motion correlation) is computed once per
+    cached clip (CNNLSTM.head_inputs). The head on those inputs gives forward_head's logits for the clip
+    as it is, played backwards (reverse_inputs: time flipped, the correlations with the next and the
+    previous frame swapped) and mirrored (mirror_inputs), and a model set to read_head_inputs takes them."""
+    torch.manual_seed(0)
+    model = create_model("cnn_lstm", num_classes=4, backbone="test_resnet", temporal="transformer", motion=motion,
+                         motion_map=6, motion_softmax=0.1, hidden_size=16, contrast=contrast,
+                         contrast_grid=2 if contrast else 1, feature_grid=feature_grid).eval()
+    feats = model.clip_features(torch.randn(3, 6, 3, 48, 48))
+    inputs = model.head_inputs(feats)
+    if motion == "none":
+        assert inputs is feats
+    else:  # appearance | 2 correlations | contrast: smaller than the stride-8 map it replaces
+        assert inputs.shape[-1] == feats.shape[-1] - model.motion_dim + 2 * model.motion_corr.out_dim
+        torch.testing.assert_close(model.head_inputs(feats[1]), inputs[1])  # (T, D) as (B, T, D)
+    with torch.no_grad():
+        for played, played_inputs in [(feats, inputs), (feats.flip(1), model.reverse_inputs(inputs)),
+                                      (model.mirror_features(feats), model.mirror_inputs(inputs)),
+                                      (model.mirror_features(feats.flip(1)),
+                                       model.mirror_inputs(model.reverse_inputs(inputs)))]:
+            expected = model.forward_head(played)
+            torch.testing.assert_close(model.forward_inputs(played_inputs), expected, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(played_inputs, model.head_inputs(played), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model.reverse_inputs(model.reverse_inputs(inputs)), inputs, rtol=0, atol=0)
+        assert not model.reads_inputs
+        assert model.read_head_inputs() is model and model.reads_inputs
+        torch.testing.assert_close(model(inputs), model.forward_head(feats), rtol=1e-5, atol=1e-5)
+        frames = torch.randn(2, 6, 3, 48, 48)  # clips of frames are unaffected
+        torch.testing.assert_close(model(frames), model.forward_head(model.clip_features(frames)))
+
+
+def test_a_model_reading_head_inputs_runs_no_correlation():
+    """Why head_inputs exist: the correlation (2/3 of a head step on a CPU) runs once per cached clip,
+    not in every training step: a model reading head inputs does not run it, forwards or backwards."""
+    model = create_model("cnn_lstm", num_classes=4, backbone="test_resnet", temporal="transformer", motion="only",
+                         motion_map=6, hidden_size=16).read_head_inputs()
+    inputs = model.head_inputs(model.clip_features(torch.randn(2, 5, 3, 48, 48)))
+    calls = []
+    handle = model.motion_corr.register_forward_hook(lambda *args: calls.append(1))
+    model(inputs).sum().backward()
+    handle.remove()
+    assert calls == []
+
+
 def test_contrast_refuses_the_frame_averaging_baseline():
     with pytest.raises(ValueError, match="order-blind"):
         create_model("cnn_lstm", num_classes=2, backbone="test_resnet", temporal="none", contrast=4)
