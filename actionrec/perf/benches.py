@@ -397,6 +397,7 @@ def bench_train_suite(*, backbone: str, batch: int, clip_len: int, size: int, nu
                          f"peak, {100 * achieved / peaks['bf16']:.0f}% of bf16 peak"))
     rows += low + qs + bench_feature_cache(**kw, repeats=repeats)
     rows += bench_motion_correlation(batch=16, clip_len=clip_len, channels=32, size=14 if size >= 112 else 6, repeats=repeats)
+    rows += bench_head_inputs(batch=16, clip_len=clip_len, repeats=repeats)
     return rows, profile_train_step(**kw, autocast=autocast) if profile else ""
 
 
@@ -451,6 +452,34 @@ def bench_motion_correlation(*, batch: int, clip_len: int, channels: int, size: 
     base = "one product per displacement"
     variants = {base: run(by_shift), "all pairs in one batched product": run(corr)}
     return interleaved(variants, repeats=max(3, repeats)).rows("motion-correlation", "clips/s", baseline=base)
+
+
+def bench_head_inputs(*, batch: int, clip_len: int, repeats: int, num_classes: int = 12) -> list[Row]:
+    """The real-footage recipe's head (``configs/cpu_pretrained.yaml``: mobilenet_v2's features,
+    softmax motion correlation, contrast of means and 2 x 2 cells, transformer) trained on the feature
+    cache: a step on the cached features (the correlation in every step, as before) vs a step on
+    ``CNNLSTM.head_inputs`` (the correlation once per cached clip), and that once-per-clip cost."""
+    from actionrec.build import model_from
+    from actionrec.config import load_config
+
+    torch.manual_seed(0)
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "cpu_pretrained.yaml")
+    make = lambda: model_from(cfg, num_classes)  # noqa: E731 - untrained: only the shapes and the work matter
+    probe = make().eval()
+    feats = torch.randn(batch, clip_len, probe.feature_dim)
+    labels = torch.randint(0, num_classes, (batch,))
+    inputs = probe.head_inputs(feats)
+
+    def once() -> int:
+        probe.head_inputs(feats)
+        return batch
+
+    base = "recipe head step on cached features (correlation every step)"
+    variants = {base: _train_variant(make, feats, labels),
+                "recipe head step on head inputs (correlation once per clip)":
+                    _train_variant(lambda: make().read_head_inputs(), inputs, labels),
+                "head inputs of a clip (once per cached clip)": once}
+    return interleaved(variants, repeats=max(3, repeats)).rows("head-inputs", "clips/s", baseline=base)
 
 
 # ------------------------------------------------------------------------------------------------

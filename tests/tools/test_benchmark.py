@@ -45,6 +45,9 @@ def test_benchmark_quick_all_subcommands(tmp_path):
     assert {"matmul peak fp32", "matmul peak bf16"} <= set(step)
     assert by_bench["train-step reduced"][1] == "fold + bf16 autocast"
     assert "head-only step on cached features" in by_bench["feature-cache"]
+    assert by_bench["head-inputs"] == ["recipe head step on cached features (correlation every step)",
+                                       "recipe head step on head inputs (correlation once per clip)",
+                                       "head inputs of a clip (once per cached clip)"]
     assert by_bench["train-step quickstart"][2] == "fold + channels_last"
     demo = [v.split(",")[0] for v in by_bench["demo"]]
     assert demo[:2] == demo[3:5] == ["re-run window", "streaming"] and by_bench["demo"][2] == "streaming, channels_last"
