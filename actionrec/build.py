@@ -191,16 +191,21 @@ def use_cached_features(cfg: Config, data: TrainData, split: DatasetSplit, model
     features, which ``model`` reads from then on (``read_head_inputs``), reversed and mirrored by
     ``reverse_inputs`` and ``mirror_inputs``.
     """
+    import torch
+
     train_feats, val_feats, bad = feature_datasets(cfg, split, model, rank=rank, world_size=world_size,
                                                    barrier=barrier)
     data.failures.add(bad)
     on_cached()
-    if "auto" in (cfg.data.reverse_pairs, cfg.data.mirror_pairs):
-        cfg = find_twins_from(cfg, train_feats, model, list(split.classes), rank=rank, world_size=world_size)
+    search = "auto" in (cfg.data.reverse_pairs, cfg.data.mirror_pairs)
+    # The twin search's probe reads the features; the scouts and the head read head inputs.
+    features = [torch.cat(views) for views, _, _ in train_feats.items] if search else []  # (V, T, D) per video
     # The head's parameter-free part (the motion correlation) once per cached clip, not every epoch.
     train_feats.map_views(model.head_inputs)
     val_feats.map_views(model.head_inputs)
     model.read_head_inputs()
+    if search:
+        cfg = find_twins_from(cfg, features, train_feats, model, list(split.classes), rank=rank, world_size=world_size)
     train_feats.reversal = reversal_from(cfg, split.classes, model.reverse_inputs)
     train_feats.mirror = mirror_from(cfg, split.classes, model.mirror_inputs)
     # In-memory tensors: worker processes would only add overhead.
@@ -209,16 +214,18 @@ def use_cached_features(cfg: Config, data: TrainData, split: DatasetSplit, model
     return cfg
 
 
-def find_twins_from(cfg: Config, train_feats, model, classes: list[str], *, rank: int = 0,
+def find_twins_from(cfg: Config, features, train_feats, model, classes: list[str], *, rank: int = 0,
                     world_size: int = 1) -> Config:
     """``data.reverse_pairs=auto`` and ``data.mirror_pairs=auto``: the twins read off the cached training
-    features (every view), logged with their scores.
+    features (every view), logged with their scores. ``features``: each training video's (V, T, D)
+    cached views, which the probe reads; ``train_feats`` holds their ``model.head_inputs``, on which
+    the scouts train.
 
     Time: a linear probe on ``model.order_summary`` of the clips forwards and backwards says where
     twins may be (``probe_scores``, ``twin_groups``); when it does, fresh scout models of the same
     config, their heads trained on the forward clips, say which classes pair up there
     (``scout_scores``, ``match_twins``). Mirror: the same scouts label every clip mirrored
-    (``model.mirror_features``), and ``mirror_labels`` reads off which classes look the same, which
+    (``model.mirror_inputs``), and ``mirror_labels`` reads off which classes look the same, which
     swap and which neither. Under DDP the ranks search rank 0's groups and share the scouts out
     (``rank``, ``world_size``); the gathered scores are the same on every rank to the bit, and so are
     the pairs. Returns ``cfg`` with the pairs found
@@ -231,16 +238,15 @@ def find_twins_from(cfg: Config, train_feats, model, classes: list[str], *, rank
 
     start = time.perf_counter()
     reverse, mirror = cfg.data.reverse_pairs == "auto", cfg.data.mirror_pairs == "auto"
-    views = [torch.stack([v[0] for v in item]) for item, _, _ in train_feats.items]  # (V, T, D) per video
     groups, found, flips, said = [], [], None, None
     if reverse:
-        fwd = torch.stack([model.order_summary(v).cpu() for v in views])
-        bwd = torch.stack([model.order_summary(v.flip(1)).cpu() for v in views])
+        fwd = torch.stack([model.order_summary(v).cpu() for v in features])
+        bwd = torch.stack([model.order_summary(v.flip(1)).cpu() for v in features])
         probe = probe_scores(fwd, bwd, train_feats.labels, len(classes))
         groups = gather_objects(twin_groups(probe))[0]  # rank 0's: every rank then trains its scouts, or none does
     if groups or mirror:
         plain = replace(cfg, data=replace(cfg.data, reverse_pairs=(), mirror_pairs=()))  # the scouts see forward clips only
-        inputs = [model.head_inputs(v) for v in views]  # the correlation once per clip, not every scout epoch
+        inputs = [torch.cat(views) for views, _, _ in train_feats.items]  # (V, T, H) per video
         scout, said = scout_scores(lambda: model_from(cfg, len(classes)).place(model.input_device, model.output_device)
                                    .read_head_inputs(), inputs, train_feats.labels, len(classes),
                                    criterion=loss_from(plain, train_feats.labels, classes).to(model.output_device),
