@@ -1,8 +1,10 @@
 """Which frame indices form a clip. Pure functions: no decoding, no I/O.
 
 Train: TSN-style segment sampling (one random frame from each of ``clip_len`` equal segments, so
-a clip always spans the whole video) or dense clips (``clip_len`` frames ``frame_interval`` apart,
-starting at a random offset). Test: ``num_clips`` evenly spaced clips, deterministic.
+a clip always spans the whole video), uniform sampling (the same segments, one random position
+shared by all of them: evenly spaced frames, the whole clip shifted at random) or dense clips
+(``clip_len`` frames ``frame_interval`` apart, starting at a random offset). Test: ``num_clips``
+evenly spaced clips, deterministic (segment and uniform sampling test alike).
 Videos with fewer frames than a clip needs are padded by looping or by repeating the last frame.
 
 ``ClipSampling`` holds the parameters and computes a video's indices (as MMAction2's ``SampleFrames``);
@@ -58,6 +60,30 @@ def segment_indices(
     return starts + (rng.random(clip_len) * (ends - starts)).astype(np.int64)
 
 
+def uniform_indices(
+    num_frames: int, clip_len: int, *, rng: np.random.Generator | None, short_video: str = "loop"
+) -> np.ndarray:
+    """Evenly spaced frames: the ``clip_len`` segments of ``segment_indices``, one random position
+    (a fraction of the segment) shared by all of them, so consecutive frames are one segment apart
+    (up to rounding) wherever the clip starts.
+
+    TSN's independent draw per segment puts consecutive frames 0 to 2 segments apart, so the motion
+    between two frames of a training clip is up to twice (or a fraction of) what it is at test
+    time, where the frames are the segments' centres; with a shared position it is what the test
+    clips show, and the clip still moves through the video from draw to draw. None takes the
+    centres, as ``segment_indices``.
+    """
+    _check(num_frames, clip_len)
+    if num_frames < clip_len:
+        return _pad_short(num_frames, clip_len, short_video)
+    if rng is None:
+        return segment_indices(num_frames, clip_len, rng=None)
+    edges = np.linspace(0, num_frames, clip_len + 1)
+    starts = np.floor(edges[:-1]).astype(np.int64)
+    ends = np.maximum(np.floor(edges[1:]).astype(np.int64), starts + 1)  # exclusive
+    return starts + (rng.random() * (ends - starts)).astype(np.int64)
+
+
 def dense_indices(
     num_frames: int,
     clip_len: int,
@@ -92,8 +118,8 @@ def eval_clip_indices(
 ) -> np.ndarray:
     """``num_clips`` evenly spaced, deterministic clips for testing.
 
-    Segment mode: clip k takes, in every segment, the frame at fraction (k + 0.5) / num_clips of
-    the segment (clip 0 of 1 is the segment centres). Dense mode: clip starts evenly spread over
+    Segment mode (and uniform, whose test clips are the same): clip k takes, in every segment, the
+    frame at fraction (k + 0.5) / num_clips of the segment (clip 0 of 1 is the segment centres). Dense mode: clip starts evenly spread over
     the valid start range (as in MMAction2's test-time SampleFrames).
 
     Returns:
@@ -105,7 +131,7 @@ def eval_clip_indices(
     if num_frames < clip_len:
         return np.tile(_pad_short(num_frames, clip_len, short_video), (num_clips, 1))
     clips = []
-    if mode == "segment":
+    if mode in ("segment", "uniform"):
         edges = np.linspace(0, num_frames, clip_len + 1)
         starts = np.floor(edges[:-1]).astype(np.int64)
         lengths = np.maximum(np.floor(edges[1:]).astype(np.int64) - starts, 1)
@@ -119,7 +145,7 @@ def eval_clip_indices(
             start = int(round(max_start * (k + 0.5) / num_clips)) if num_clips > 1 else max_start // 2
             clips.append(start + np.arange(clip_len, dtype=np.int64) * interval)
     else:
-        raise ValueError(f"mode must be 'segment' or 'dense', got {mode!r}")
+        raise ValueError(f"mode must be 'segment', 'uniform' or 'dense', got {mode!r}")
     return np.stack(clips)
 
 
@@ -132,12 +158,14 @@ def train_clip_indices(
     frame_interval: int = 1,
     short_video: str = "loop",
 ) -> np.ndarray:
-    """Dispatch to segment or dense sampling for training."""
+    """Dispatch to segment, uniform or dense sampling for training."""
     if mode == "segment":
         return segment_indices(num_frames, clip_len, rng=rng, short_video=short_video)
+    if mode == "uniform":
+        return uniform_indices(num_frames, clip_len, rng=rng, short_video=short_video)
     if mode == "dense":
         return dense_indices(num_frames, clip_len, frame_interval=frame_interval, rng=rng, short_video=short_video)
-    raise ValueError(f"mode must be 'segment' or 'dense', got {mode!r}")
+    raise ValueError(f"mode must be 'segment', 'uniform' or 'dense', got {mode!r}")
 
 
 @dataclass(frozen=True)
@@ -146,7 +174,7 @@ class ClipSampling:
     ``data.train_sampling``, ``data.frame_interval``, ``data.short_video``: see ``config.DataConfig``)."""
 
     clip_len: int = 16
-    mode: Literal["segment", "dense"] = "segment"
+    mode: Literal["segment", "uniform", "dense"] = "segment"
     frame_interval: int = 1  # stride between frames of a dense clip
     short_video: Literal["loop", "repeat_last"] = "loop"
     num_clips: int = 1  # eval only: evenly spaced clips per video

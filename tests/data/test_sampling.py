@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from actionrec.data.sampling import dense_indices, eval_clip_indices, segment_indices, train_clip_indices
+from actionrec.data.sampling import ClipSampling, dense_indices, eval_clip_indices, segment_indices, train_clip_indices, uniform_indices
 
 
 def test_segment_sampling_one_frame_per_segment():
@@ -25,6 +25,34 @@ def test_segment_sampling_covers_all_positions_over_draws():
     for _ in range(500):
         seen.update(segment_indices(40, 8, rng=rng).tolist())
     assert seen == set(range(40))
+
+
+def test_uniform_sampling_is_evenly_spaced_and_moves_through_the_video():
+    rng = np.random.default_rng(0)
+    lo = np.floor(np.linspace(0, 60, 17)[:-1]).astype(int)
+    hi = np.floor(np.linspace(0, 60, 17)[1:]).astype(int)
+    firsts, gaps = set(), set()
+    for _ in range(300):
+        idx = uniform_indices(60, 16, rng=rng)
+        assert idx.shape == (16,) and idx.dtype == np.int64
+        assert np.all(idx >= lo) and np.all(idx < hi)  # one frame in each of TSN's segments
+        gaps.update(np.diff(idx).tolist())
+        firsts.add(int(idx[0]))
+    # 60 / 16 = 3.75 frames a segment: every gap is 3 or 4 (rounding), where TSN's draws give 1 to 7
+    assert gaps <= {3, 4}
+    assert firsts == {0, 1, 2}  # the shared position covers the first segment
+    tsn = np.concatenate([np.diff(segment_indices(60, 16, rng=rng)) for _ in range(300)])
+    assert tsn.min() <= 1 and tsn.max() >= 6
+
+
+def test_uniform_sampling_tests_as_segment_sampling():
+    np.testing.assert_array_equal(uniform_indices(60, 16, rng=None), segment_indices(60, 16, rng=None))
+    np.testing.assert_array_equal(ClipSampling(16, "uniform", num_clips=3).eval_indices(60),
+                                  ClipSampling(16, "segment", num_clips=3).eval_indices(60))
+    rng = np.random.default_rng(0)
+    np.testing.assert_array_equal(uniform_indices(3, 8, rng=rng), [0, 1, 2, 0, 1, 2, 0, 1])  # short: looped
+    a = ClipSampling(16, "uniform").train_indices(60, np.random.default_rng(5))
+    np.testing.assert_array_equal(a, uniform_indices(60, 16, rng=np.random.default_rng(5)))
 
 
 def test_dense_clip_stride_and_bounds():
