@@ -67,7 +67,7 @@ def uniform_indices(
     (a fraction of the segment) shared by all of them, so consecutive frames are one segment apart
     (up to rounding) wherever the clip starts.
 
-    TSN's independent draw per segment puts consecutive frames 0 to 2 segments apart, so the motion
+    TSN's independent draw per segment puts consecutive frames 1 frame to 2 segments apart, so the motion
     between two frames of a training clip is up to twice (or a fraction of) what it is at test
     time, where the frames are the segments' centres; with a shared position it is what the test
     clips show, and the clip still moves through the video from draw to draw. None takes the
@@ -119,8 +119,9 @@ def eval_clip_indices(
     """``num_clips`` evenly spaced, deterministic clips for testing.
 
     Segment mode (and uniform, whose test clips are the same): clip k takes, in every segment, the
-    frame at fraction (k + 0.5) / num_clips of the segment (clip 0 of 1 is the segment centres). Dense mode: clip starts evenly spread over
-    the valid start range (as in MMAction2's test-time SampleFrames).
+    frame at fraction (k + 0.5) / num_clips of the segment (clip 0 of 1 is the segment centres).
+    Dense mode: clip starts evenly spread over the valid start range (as in MMAction2's test-time
+    SampleFrames).
 
     Returns:
         int64 array of shape (num_clips, clip_len).
