@@ -35,6 +35,13 @@ def _check(num_frames: int, clip_len: int) -> None:
         raise ValueError(f"clip_len must be >= 1, got {clip_len}")
 
 
+def _segments(num_frames: int, clip_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """TSN's ``clip_len`` equal segments of a video: each one's first frame and length (>= 1), int64."""
+    edges = np.linspace(0, num_frames, clip_len + 1)
+    starts = np.floor(edges[:-1]).astype(np.int64)
+    return starts, np.maximum(np.floor(edges[1:]).astype(np.int64) - starts, 1)
+
+
 def segment_indices(
     num_frames: int, clip_len: int, *, rng: np.random.Generator | None, short_video: str = "loop"
 ) -> np.ndarray:
@@ -52,12 +59,10 @@ def segment_indices(
     _check(num_frames, clip_len)
     if num_frames < clip_len:
         return _pad_short(num_frames, clip_len, short_video)
-    edges = np.linspace(0, num_frames, clip_len + 1)
-    starts = np.floor(edges[:-1]).astype(np.int64)
-    ends = np.maximum(np.floor(edges[1:]).astype(np.int64), starts + 1)  # exclusive
+    starts, lengths = _segments(num_frames, clip_len)
     if rng is None:
-        return (starts + ends - 1) // 2
-    return starts + (rng.random(clip_len) * (ends - starts)).astype(np.int64)
+        return starts + (lengths - 1) // 2
+    return starts + (rng.random(clip_len) * lengths).astype(np.int64)
 
 
 def uniform_indices(
@@ -78,10 +83,8 @@ def uniform_indices(
         return _pad_short(num_frames, clip_len, short_video)
     if rng is None:
         return segment_indices(num_frames, clip_len, rng=None)
-    edges = np.linspace(0, num_frames, clip_len + 1)
-    starts = np.floor(edges[:-1]).astype(np.int64)
-    ends = np.maximum(np.floor(edges[1:]).astype(np.int64), starts + 1)  # exclusive
-    return starts + (rng.random() * (ends - starts)).astype(np.int64)
+    starts, lengths = _segments(num_frames, clip_len)
+    return starts + (rng.random() * lengths).astype(np.int64)
 
 
 def dense_indices(
@@ -133,9 +136,7 @@ def eval_clip_indices(
         return np.tile(_pad_short(num_frames, clip_len, short_video), (num_clips, 1))
     clips = []
     if mode in ("segment", "uniform"):
-        edges = np.linspace(0, num_frames, clip_len + 1)
-        starts = np.floor(edges[:-1]).astype(np.int64)
-        lengths = np.maximum(np.floor(edges[1:]).astype(np.int64) - starts, 1)
+        starts, lengths = _segments(num_frames, clip_len)
         for k in range(num_clips):
             clips.append(starts + np.floor(lengths * (k + 0.5) / num_clips).astype(np.int64))
     elif mode == "dense":
