@@ -19,7 +19,7 @@ from actionrec.data.dataset import DecodeFailures, VideoClipDataset, class_count
 from actionrec.data.reversal import (TimeReversal, match_twins, probe_scores, reverse_pairs_to_indices,
                                      scout_scores, twin_groups, twin_report)
 from actionrec.data.loader import BALANCE_POWER, build_loader
-from actionrec.data.mirror import Mirror, flip_frames, mirror_labels, mirror_report
+from actionrec.data.mirror import Mirror, flip_frames, mirror_labels, mirror_report, self_scores
 from actionrec.data.splits import DatasetSplit, load_split
 from actionrec.data.synthetic import ensure_synthetic_dataset
 from actionrec.data.transforms import eval_transform, train_transform
@@ -254,14 +254,19 @@ def find_twins_from(cfg: Config, features, train_feats, model, classes: list[str
                                    batch_size=cfg.train.batch_size, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                                    seed=cfg.train.seed, rank=rank, world_size=world_size, gather=gather_objects)
         found = match_twins(scout, groups)
-    if mirror:
-        flips = mirror_labels(said)
+    if mirror:  # time-reversed twins look the same mirrored or neither does (mirror.self_scores)
+        index = {name: i for i, name in enumerate(classes)}
+        twins = ([(a, b) for a, b, _ in found] if reverse
+                 else [(index[a], index[b]) for a, b in cfg.data.reverse_pairs if a in index and b in index])
+        counts = torch.bincount(torch.as_tensor(list(train_feats.labels)), minlength=len(classes)).tolist()
+        itself = self_scores(said, counts, twins)
+        flips = mirror_labels(said, counts=counts, twins=twins)
     data = cfg.data
     if reverse:
         log.info("data.reverse_pairs=auto: %s", twin_report(found, probe, groups, classes))
         data = replace(data, reverse_pairs=tuple((classes[a], classes[b]) for a, b, _ in found))
     if mirror:
-        log.info("data.mirror_pairs=auto: %s", mirror_report(flips, said, classes))
+        log.info("data.mirror_pairs=auto: %s", mirror_report(flips, said, classes, itself=itself))
         data = replace(data, mirror_pairs=tuple((classes[a], classes[b]) for a, b in flips))
     log.info("twins found in %.0f s", time.perf_counter() - start)
     return replace(cfg, data=data)

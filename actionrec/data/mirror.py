@@ -9,7 +9,8 @@ names the classes that are flipped and what they become: ``[PanLeft, PanRight]``
 does for time). ``data.mirror_pairs=auto`` measures it instead (``mirror_labels``): a class whose
 mirrored clips the scout heads still call that class is flipped as it is; two classes whose mirrored
 clips the scouts call each other swap; a class that is neither (its mirror image looks like nothing
-the scouts know) is never flipped.
+the scouts know) is never flipped. Mirroring commutes with playing backwards, so time-reversed twins
+(an entry and an exit) look the same mirrored or neither does: their self scores are pooled.
 
 Frames are flipped along their width; cached features are mirrored in feature space
 (``CNNLSTM.mirror_features``), at no cost.
@@ -59,41 +60,64 @@ class Mirror(TimeReversal):
         return self.flip(clip)
 
 
-def mirror_labels(said: torch.Tensor, *, self_score: float = MIRROR_SELF_SCORE,
-                  twin_score: float = MIRROR_TWIN_SCORE) -> list[tuple[int, int]]:
+def self_scores(said: torch.Tensor, counts: Sequence[int] | None = None,
+                twins: Sequence[tuple[int, int]] = ()) -> torch.Tensor:
+    """(C,) how much each class looks like itself mirrored: P[a][a], pooled over time-reversed twins.
+
+    A clip mirrored and played backwards is the same clip whichever is done first, so a class's
+    time-reversed twin looks the same mirrored exactly when the class does (an exit mirrored is an
+    exit when an entry mirrored is an entry). The scouts' score for a rare class is the noisier one,
+    so each twin pair gets one score: the mean of P[a][a] and P[b][b] weighted by the classes'
+    clip counts (``counts``; equal weights without them).
+    """
+    own = said.diagonal().clone()
+    n = torch.ones_like(own) if counts is None else torch.as_tensor(list(counts), dtype=own.dtype)
+    for a, b in twins:
+        if a != b:
+            own[a] = own[b] = (n[a] * said[a, a] + n[b] * said[b, b]) / (n[a] + n[b]).clamp_min(1)
+    return own
+
+
+def mirror_labels(said: torch.Tensor, *, counts: Sequence[int] | None = None, twins: Sequence[tuple[int, int]] = (),
+                  self_score: float = MIRROR_SELF_SCORE, twin_score: float = MIRROR_TWIN_SCORE) -> list[tuple[int, int]]:
     """``data.mirror_pairs=auto``: the mirror pairs from the scouts' answers on mirrored clips.
 
     Args:
         said: (C, C) P[a][b], the scouts' mean softmax for b over class a's clips mirrored
             (the second answer of ``reversal.scout_scores`` with ``mirror``).
+        counts, twins: each class's training clips and the time-reversed twin pairs (``self_scores``).
 
     Returns:
-        ``Mirror``'s pairs, (a, b) with a <= b, sorted: (a, a) when P[a][a] >= ``self_score`` (flipped
-        with its label kept); (a, b) for two classes that are not, when (P[a][b] + P[b][a]) / 2 >=
-        ``twin_score`` (a maximum-weight matching: swapped); the rest are in no pair (never flipped).
+        ``Mirror``'s pairs, (a, b) with a <= b, sorted: (a, a) when ``self_scores`` gives a at least
+        ``self_score`` (flipped with its label kept); (a, b) for two classes that are not, when
+        (P[a][b] + P[b][a]) / 2 >= ``twin_score`` (a maximum-weight matching: swapped); the rest are in
+        no pair (never flipped).
     """
     import networkx as nx
 
-    c = said.shape[0]
-    own = {a for a in range(c) if float(said[a, a]) >= self_score}
+    c, itself = said.shape[0], self_scores(said, counts, twins)
+    own = {a for a in range(c) if float(itself[a]) >= self_score}
     graph = nx.Graph()
     graph.add_weighted_edges_from((a, b, float(said[a, b] + said[b, a]) / 2) for a in range(c) for b in range(a + 1, c)
                                   if a not in own and b not in own and float(said[a, b] + said[b, a]) / 2 >= twin_score)
     return sorted([(a, a) for a in own] + [(min(e), max(e)) for e in nx.max_weight_matching(graph)])
 
 
-def mirror_report(flips: Sequence[tuple[int, int]], said: torch.Tensor, classes: Sequence[str]) -> str:
+def mirror_report(flips: Sequence[tuple[int, int]], said: torch.Tensor, classes: Sequence[str], *,
+                  itself: torch.Tensor | None = None) -> str:
     """One log line on ``data.mirror_pairs=auto``: the twins with their scores, how many classes are
-    flipped as they are, and the classes never flipped with what the scouts said of their mirror images."""
+    flipped as they are, and the classes never flipped with what the scouts said of their mirror images
+    (``itself``: the ``self_scores`` decided on; P[a][a] without it)."""
+    itself = said.diagonal() if itself is None else itself
     twins = [(a, b) for a, b in flips if a != b]
     text = ", ".join(f"{classes[a]}/{classes[b]} ({float(said[a, b] + said[b, a]) / 2:.2f})" for a, b in twins)
     text = text or "no mirror twins"
-    own = [float(said[a, a]) for a, b in flips if a == b]
+    own = [float(itself[a]) for a, b in flips if a == b]
     text += f"; {len(own)} of {len(classes)} classes flipped as they are"
     if own:
         text += f" (itself {min(own):.2f}-{max(own):.2f})"
     flipped = {c for pair in flips for c in pair}
-    alone = [f"{classes[a]} (itself {float(said[a, a]):.2f})" for a in range(len(classes)) if a not in flipped]
+    alone = [f"{classes[a]} (itself {float(itself[a]):.2f})" for a in range(len(classes)) if a not in flipped]
     if alone:
         text += f"; never flipped: {', '.join(alone)} (if you know what their mirror images are, name them in data.mirror_pairs)"
     return text

@@ -92,6 +92,9 @@ def test_recipe_finds_the_mirror_twins(runs):
     assert sorted(tuple(sorted(p)) for p in pairs if p[0] != p[1]) == [("PanLeft", "PanRight")], pairs
     own = {a for a, b in pairs if a == b}
     assert len(own) >= 4 and not own & {"PanLeft", "PanRight"}, pairs
+    # Time-reversed twins look the same mirrored or neither does: their self scores are pooled.
+    for a, b in runs["recipe"]["reverse_pairs"]:
+        assert (a in own) == (b in own), (a, b, pairs)
     assert runs["baseline"]["mirror_pairs"] == []
 
 
