@@ -255,12 +255,9 @@ def find_twins_from(cfg: Config, features, train_feats, model, classes: list[str
                                    seed=cfg.train.seed, rank=rank, world_size=world_size, gather=gather_objects)
         found = match_twins(scout, groups)
     if mirror:  # time-reversed twins look the same mirrored or neither does (mirror.self_scores)
-        index = {name: i for i, name in enumerate(classes)}
-        twins = ([(a, b) for a, b, _ in found] if reverse
-                 else [(index[a], index[b]) for a, b in cfg.data.reverse_pairs if a in index and b in index])
-        counts = torch.bincount(torch.as_tensor(list(train_feats.labels)), minlength=len(classes)).tolist()
-        itself = self_scores(said, counts, twins)
-        flips = mirror_labels(said, counts=counts, twins=twins)
+        twins = [(a, b) for a, b, _ in found] if reverse else reverse_pairs_to_indices(cfg.data.reverse_pairs, classes)
+        itself = self_scores(said, class_counts(train_feats.labels, len(classes)), twins)
+        flips = mirror_labels(said, itself=itself)
     data = cfg.data
     if reverse:
         log.info("data.reverse_pairs=auto: %s", twin_report(found, probe, groups, classes))

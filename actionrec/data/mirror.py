@@ -78,24 +78,25 @@ def self_scores(said: torch.Tensor, counts: Sequence[int] | None = None,
     return own
 
 
-def mirror_labels(said: torch.Tensor, *, counts: Sequence[int] | None = None, twins: Sequence[tuple[int, int]] = (),
-                  self_score: float = MIRROR_SELF_SCORE, twin_score: float = MIRROR_TWIN_SCORE) -> list[tuple[int, int]]:
+def mirror_labels(said: torch.Tensor, *, itself: torch.Tensor | None = None, self_score: float = MIRROR_SELF_SCORE,
+                  twin_score: float = MIRROR_TWIN_SCORE) -> list[tuple[int, int]]:
     """``data.mirror_pairs=auto``: the mirror pairs from the scouts' answers on mirrored clips.
 
     Args:
         said: (C, C) P[a][b], the scouts' mean softmax for b over class a's clips mirrored
             (the second answer of ``reversal.scout_scores`` with ``mirror``).
-        counts, twins: each class's training clips and the time-reversed twin pairs (``self_scores``).
+        itself: (C,) each class's self score, ``self_scores`` pooled over time-reversed twins;
+            P[a][a] without it.
 
     Returns:
-        ``Mirror``'s pairs, (a, b) with a <= b, sorted: (a, a) when ``self_scores`` gives a at least
+        ``Mirror``'s pairs, (a, b) with a <= b, sorted: (a, a) when ``itself[a]`` is at least
         ``self_score`` (flipped with its label kept); (a, b) for two classes that are not, when
         (P[a][b] + P[b][a]) / 2 >= ``twin_score`` (a maximum-weight matching: swapped); the rest are in
         no pair (never flipped).
     """
     import networkx as nx
 
-    c, itself = said.shape[0], self_scores(said, counts, twins)
+    c, itself = said.shape[0], said.diagonal() if itself is None else itself
     own = {a for a in range(c) if float(itself[a]) >= self_score}
     graph = nx.Graph()
     graph.add_weighted_edges_from((a, b, float(said[a, b] + said[b, a]) / 2) for a in range(c) for b in range(a + 1, c)

@@ -100,11 +100,11 @@ def test_time_reversed_twins_pool_their_mirror_self_scores():
     torch.testing.assert_close(self_scores(said), said.diagonal())  # no twins: P[a][a] as it is
     torch.testing.assert_close(self_scores(said, None, [(0, 1)])[:2], torch.full((2,), 0.60, dtype=torch.float64))
     assert mirror_labels(said) == [(0, 0), (2, 3)]  # alone, Exit would never be flipped
-    assert mirror_labels(said, counts=counts, twins=twins) == [(0, 0), (1, 1), (2, 3)]
+    assert mirror_labels(said, itself=itself) == [(0, 0), (1, 1), (2, 3)]
     # Pooling works both ways: a rare class's high score does not outvote its common twin's low one.
     low = said.clone()
     low[0, 0], low[1, 1] = 0.30, 0.90
-    assert mirror_labels(low, counts=counts, twins=twins) == [(2, 3)]
+    assert mirror_labels(low, itself=self_scores(low, counts, twins)) == [(2, 3)]
     text = mirror_report([(0, 0), (1, 1), (2, 3)], said, ["Enter", "Exit", "L", "R"], itself=itself)
     assert text == "L/R (0.88); 2 of 4 classes flipped as they are (itself 0.73-0.73)"
 
