@@ -96,7 +96,7 @@ def mirror_labels(said: torch.Tensor, *, itself: torch.Tensor | None = None, sel
     """
     import networkx as nx
 
-    c, itself = said.shape[0], said.diagonal() if itself is None else itself
+    c, itself = said.shape[0], self_scores(said) if itself is None else itself
     own = {a for a in range(c) if float(itself[a]) >= self_score}
     graph = nx.Graph()
     graph.add_weighted_edges_from((a, b, float(said[a, b] + said[b, a]) / 2) for a in range(c) for b in range(a + 1, c)
@@ -109,7 +109,7 @@ def mirror_report(flips: Sequence[tuple[int, int]], said: torch.Tensor, classes:
     """One log line on ``data.mirror_pairs=auto``: the twins with their scores, how many classes are
     flipped as they are, and the classes never flipped with what the scouts said of their mirror images
     (``itself``: the ``self_scores`` decided on; P[a][a] without it)."""
-    itself = said.diagonal() if itself is None else itself
+    itself = self_scores(said) if itself is None else itself
     twins = [(a, b) for a, b in flips if a != b]
     text = ", ".join(f"{classes[a]}/{classes[b]} ({float(said[a, b] + said[b, a]) / 2:.2f})" for a, b in twins)
     text = text or "no mirror twins"
