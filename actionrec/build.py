@@ -245,9 +245,10 @@ def find_twins_from(cfg: Config, features, train_feats, model, classes: list[str
         probe = probe_scores(fwd, bwd, train_feats.labels, len(classes))
         groups = gather_objects(twin_groups(probe))[0]  # rank 0's: every rank then trains its scouts, or none does
     if groups or mirror:
-        plain = replace(cfg, data=replace(cfg.data, reverse_pairs=(), mirror_pairs=()))  # the scouts see forward clips only
+        # The scouts see forward clips only, and have one head each.
+        plain = replace(cfg, data=replace(cfg.data, reverse_pairs=(), mirror_pairs=()), model=replace(cfg.model, heads=1))
         inputs = [torch.cat(views) for views, _, _ in train_feats.items]  # (V, T, H) per video
-        scout, said = scout_scores(lambda: model_from(cfg, len(classes)).place(model.input_device, model.output_device)
+        scout, said = scout_scores(lambda: model_from(plain, len(classes)).place(model.input_device, model.output_device)
                                    .read_head_inputs(), inputs, train_feats.labels, len(classes),
                                    criterion=loss_from(plain, train_feats.labels, classes).to(model.output_device),
                                    mirror=model.mirror_inputs if mirror else None, backwards=model.reverse_inputs,
@@ -270,13 +271,14 @@ def find_twins_from(cfg: Config, features, train_feats, model, classes: list[str
 
 
 def scheduler_from(cfg: Config, optimizer, steps_per_epoch: int):
-    """The learning-rate schedule of ``optim`` over ``train.epochs``, counted in optimizer updates."""
+    """The learning-rate schedule of ``optim`` over ``train.epochs``, counted in optimizer updates; with
+    ``model.heads`` > 1 its warmup and cosine run once per head, over that head's epochs."""
     from actionrec.engine.optim import create_scheduler, updates_per_epoch
 
-    o, updates = cfg.optim, updates_per_epoch(steps_per_epoch, cfg.optim.accum_steps)
+    o, updates, heads = cfg.optim, updates_per_epoch(steps_per_epoch, cfg.optim.accum_steps), cfg.model.heads
     return create_scheduler(optimizer, warmup_steps=int(o.warmup_epochs * updates),
-                            total_steps=cfg.train.epochs * updates, min_ratio=o.min_lr_ratio, kind=o.scheduler,
-                            patience=o.plateau_patience, factor=o.plateau_factor)
+                            total_steps=cfg.train.epochs // heads * updates, min_ratio=o.min_lr_ratio, kind=o.scheduler,
+                            patience=o.plateau_patience, factor=o.plateau_factor, cycles=heads)
 
 
 def model_kwargs(m: ModelConfig) -> dict:

@@ -124,6 +124,10 @@ class ModelConfig:
     # 1: the contrast reads the stride-16 stage's channel means; N > 1: also that map in N x N cells,
     # so a change in one part of the frame (an actor rising, popping up) is not averaged away.
     contrast_grid: int = 1
+    # N > 1: N temporal heads (each with its contrast branch) trained one after the other on the frozen
+    # backbone's features, train.epochs split evenly between them (each its own warmup and cosine),
+    # their softmax averaged at test: a seed ensemble in one model and one run (README).
+    heads: int = 1
     placement: PlacementConfig = field(default_factory=PlacementConfig)
 
 
@@ -512,6 +516,10 @@ def _validate_model(m: ModelConfig) -> None:
     _check(0 <= m.motion_softmax <= 10, "model.motion_softmax", m.motion_softmax, "must be in [0, 10]")
     _check(1 <= m.motion_radius <= 8, "model.motion_radius", m.motion_radius, "must be in [1, 8]")
     _check(1 <= m.contrast_grid <= 16, "model.contrast_grid", m.contrast_grid, "must be in [1, 16]")
+    _check(1 <= m.heads <= 8, "model.heads", m.heads, "must be in [1, 8]")
+    if m.heads > 1:
+        _check(m.freeze_backbone, "model.heads", m.heads, "> 1 needs model.freeze_backbone=true (the heads train one "
+               "after the other on the same features; a backbone still learning would change them under the first)")
     _check(not (m.contrast and m.temporal == "none"), "model.contrast", m.contrast,
            "needs model.temporal lstm or transformer (the frame-averaging baseline stays order-blind)")
     if m.temporal == "transformer":
@@ -561,6 +569,8 @@ def _validate_train(t: TrainConfig, m: ModelConfig) -> None:
     _check(t.cache_views >= 1, "train.cache_views", t.cache_views, "must be >= 1")
     if t.cache_features:
         _check(m.freeze_backbone, "train.cache_features", True, "needs model.freeze_backbone=true")
+    _check(t.epochs % m.heads == 0, "train.epochs", t.epochs,
+           f"must be a multiple of model.heads={m.heads} (each head trains train.epochs / model.heads epochs)")
     ds = t.distill
     _check(ds.weight >= 0, "train.distill.weight", ds.weight, "must be >= 0")
     _check(ds.temperature > 0, "train.distill.temperature", ds.temperature, "must be > 0")
@@ -572,6 +582,8 @@ def _validate_train(t: TrainConfig, m: ModelConfig) -> None:
 
 def _validate_rest(cfg: Config) -> None:
     """``logging``, ``eval``, ``demo`` and rules across sections."""
+    _check(cfg.model.heads == 1 or cfg.optim.scheduler == "cosine", "model.heads", cfg.model.heads,
+           "> 1 needs optim.scheduler=cosine (each head gets its own warmup and cosine; plateau has no restarts)")
     _check(cfg.data.reverse_pairs != "auto" or cfg.train.cache_features, "data.reverse_pairs", "auto",
            "needs train.cache_features=true (the twins are read off the cached features)")
     _check(cfg.data.mirror_pairs != "auto" or cfg.train.cache_features, "data.mirror_pairs", "auto",

@@ -112,6 +112,9 @@ def main(args: argparse.Namespace) -> dict:
         # Their hooks read fixed backbone stages whose channels pruning would change.
         raise UsageError(f"{args.checkpoint}: pruning a model with model.motion or model.contrast is not supported "
                          "yet; prune one trained without them")
+    if cfg.model.heads > 1:
+        raise UsageError(f"{args.checkpoint}: pruning a model with model.heads={cfg.model.heads} is not supported "
+                         "(pruning fine-tunes the backbone, which the heads were trained frozen on); prune one with one head")
     torch.set_num_threads(cpu_threads(args.threads, num_workers=cfg.data.num_workers))
     out = args.out or args.checkpoint.parent / "pruned"
     split = build.checkpoint_split(cfg.data, classes, args.checkpoint)

@@ -89,7 +89,8 @@ def build_run(cfg: Config, args: argparse.Namespace) -> Run:
     data = build.train_data(cfg, split, **loader_kw)
     model = build.model_from(cfg, len(data.classes)).place(cnn_dev, head_dev)
     if dist.distributed:
-        model = D.wrap_ddp(model, sync_bn=cfg.train.sync_bn)
+        # model.heads > 1: the heads not training are out of the graph
+        model = D.wrap_ddp(model, sync_bn=cfg.train.sync_bn, find_unused_parameters=cfg.model.heads > 1)
     core = unwrap(model)
     if cfg.train.cache_features:
         # Once the cache is filled, the twin search and the head epochs read it in this process: no
@@ -158,6 +159,12 @@ def train_epoch(run: Run, pos: Position, stop: StopRequest) -> dict:
     # The main rank writes last.pt every train.save_every_steps.
     on_save = run.checkpoints.mid_epoch(pos.epoch, run.steps_per_epoch) if run.dist.is_main else None
     set_epoch(loader, pos.epoch)
+    if cfg.model.heads > 1:  # the heads train one after the other, train.epochs / model.heads epochs each
+        per_head = cfg.train.epochs // cfg.model.heads
+        run.core.train_head(pos.epoch // per_head)
+        if pos.epoch % per_head == 0 and not pos.batches_done:
+            log.info("model.heads: head %d of %d trains in epochs %d-%d", pos.epoch // per_head + 1, cfg.model.heads,
+                     pos.epoch + 1, pos.epoch + per_head)
     if pos.batches_done:
         loader.sampler.set_skip(pos.batches_done * cfg.train.batch_size)
     return train_one_epoch(

@@ -105,21 +105,28 @@ def _upsample(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class _Capture:
-    """Forward hooks: the target layer's latest output, and the attention weights (if any)."""
+    """Forward hooks: the target layer's latest output, and the attention weights (if any; with
+    ``model.heads`` > 1 their mean over the heads that ran)."""
 
     def __init__(self, model: nn.Module, layer: nn.Module):
         self.act: torch.Tensor | None = None
-        self.attention: torch.Tensor | None = None
+        self._attention: list[torch.Tensor] = []
         self._hooks = [layer.register_forward_hook(self._keep_act)]
-        attention = getattr(model.head, "attention", None)
-        if attention is not None:
-            self._hooks.append(attention.register_forward_hook(self._keep_attention))
+        members = model.members() if hasattr(model, "members") else [(model.head, None)]
+        for head, _ in members:
+            attention = getattr(head, "attention", None)
+            if attention is not None:
+                self._hooks.append(attention.register_forward_hook(self._keep_attention))
+
+    @property
+    def attention(self) -> torch.Tensor | None:
+        return torch.stack(self._attention).mean(0) if self._attention else None
 
     def _keep_act(self, _mod, _inp, out) -> None:
         self.act = out
 
     def _keep_attention(self, _mod, _inp, out) -> None:
-        self.attention = out[1].detach()  # AdditiveAttention returns (pooled, weights (B, T))
+        self._attention.append(out[1].detach())  # AdditiveAttention returns (pooled, weights (B, T))
 
     def remove(self) -> None:
         for h in self._hooks:

@@ -144,6 +144,8 @@ def quantize_head(model: CNNLSTM) -> CNNLSTM:
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
         q.head = quantize_dynamic(q.head, {nn.LSTM, nn.Linear}, dtype=torch.qint8)
+        for member in q.more_heads:  # model.heads > 1
+            member["head"] = quantize_dynamic(member["head"], {nn.LSTM, nn.Linear}, dtype=torch.qint8)
     # The quantised head holds packed weights, not parameters, so its device cannot be inferred.
     return q.place("cpu", "cpu")
 

@@ -218,7 +218,7 @@ def bind_devices(devices: list[torch.device]) -> None:
             owner[host, d] = rank
 
 
-def wrap_ddp(model: nn.Module, *, sync_bn: bool = False) -> nn.Module:
+def wrap_ddp(model: nn.Module, *, sync_bn: bool = False, find_unused_parameters: bool = False) -> nn.Module:
     """DistributedDataParallel over a single- or multi-device (model-parallel) module.
 
     A module on one GPU gets ``device_ids=[that GPU]``; a CPU module or one spread over several
@@ -227,6 +227,8 @@ def wrap_ddp(model: nn.Module, *, sync_bn: bool = False) -> nn.Module:
     Args:
         model: the placed model (parameters already on their devices).
         sync_bn: convert BatchNorm layers to SyncBatchNorm (statistics over the global batch).
+        find_unused_parameters: some trainable parameters sit out some steps (``model.heads`` > 1:
+            the heads not training); DDP then finds them in each step's graph.
 
     Raises:
         UsageError: parameters on different device types (DDP needs one), or ``sync_bn`` off CUDA.
@@ -243,7 +245,8 @@ def wrap_ddp(model: nn.Module, *, sync_bn: bool = False) -> nn.Module:
             raise UsageError("train.sync_bn=true needs CUDA devices (SyncBatchNorm has no CPU kernel)")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     single_gpu = len(devices) == 1 and types == {"cuda"}
-    return nn.parallel.DistributedDataParallel(model, device_ids=[next(iter(devices))] if single_gpu else None)
+    return nn.parallel.DistributedDataParallel(model, device_ids=[next(iter(devices))] if single_gpu else None,
+                                               find_unused_parameters=find_unused_parameters)
 
 
 def cleanup() -> None:

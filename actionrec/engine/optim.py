@@ -131,6 +131,7 @@ def create_scheduler(
     kind: str = "cosine",
     patience: int = 2,
     factor: float = 0.5,
+    cycles: int = 1,
 ) -> torch.optim.lr_scheduler.LambdaLR | WarmupPlateauLR:
     """Per-iteration schedule; call ``scheduler.step()`` after every optimizer step.
 
@@ -142,16 +143,19 @@ def create_scheduler(
             ``step_metric(val_loss)`` after each validation).
         patience, factor: plateau only: validations without improvement before the lr is
             multiplied by ``factor``.
+        cycles: cosine only: the warmup and cosine run this many times, one after the other
+            (``total_steps`` each; ``model.heads`` trains one head in each).
     """
     if kind == "plateau":
         return WarmupPlateauLR(optimizer, warmup_steps=warmup_steps, patience=patience, factor=factor,
                                min_ratio=min_ratio)
     if kind != "cosine":
         raise ValueError(f"unknown scheduler {kind!r}; choose cosine or plateau")
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: warmup_cosine_factor(step, warmup_steps=warmup_steps, total_steps=total_steps, min_ratio=min_ratio),
-    )
+    def cycle_factor(step: int) -> float:
+        step -= min(step // max(1, total_steps), cycles - 1) * total_steps  # the step within its cycle
+        return warmup_cosine_factor(step, warmup_steps=warmup_steps, total_steps=total_steps, min_ratio=min_ratio)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, cycle_factor)
 
 
 

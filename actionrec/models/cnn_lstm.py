@@ -10,6 +10,7 @@ devices; features move between them inside ``forward`` and logits come out on th
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from pathlib import Path
 
@@ -137,6 +138,11 @@ def _temporal_head(temporal: str, in_dim: int, num_classes: int, head_kwargs: di
     raise ValueError(f"temporal must be 'lstm', 'transformer' or 'none', got {temporal!r}")
 
 
+def _loaded_active_head(model: "CNNLSTM", _keys) -> None:
+    """After ``load_state_dict``: the head in training is the checkpoint's (``active_head``)."""
+    model.train_head(int(model.active_head))
+
+
 class CNNLSTM(nn.Module):
     """Time-distributed timm CNN + temporal head.
 
@@ -177,6 +183,12 @@ class CNNLSTM(nn.Module):
             map average-pooled to N x N cells (``grid_cells``), so a change in one part of the frame
             (an actor rising, popping up in a corner) is not averaged away by the whole scene.
             Each frame then carries C * (1 + N^2) values for it.
+        heads: N > 1: a seed ensemble of N temporal heads over the same features (``members``):
+            ``head``/``contrast``, then ``more_heads``. ``train_head(i)`` picks the one that trains
+            (in training mode ``forward`` runs it alone); in eval mode ``forward`` averages the
+            softmax of members 0..i, returned as its log (a valid logit vector: its softmax is the
+            average), so every tool that reads logits reads the ensemble. ``active_head``, a buffer,
+            keeps i in checkpoints.
     """
 
     def __init__(
@@ -197,6 +209,7 @@ class CNNLSTM(nn.Module):
         motion_radius: int = 2,
         contrast: int = 0,
         contrast_grid: int = 1,
+        heads: int = 1,
     ):
         super().__init__()
         if motion not in ("none", "add", "only"):
@@ -238,19 +251,11 @@ class CNNLSTM(nn.Module):
             head_in = self.motion_corr.out_dim + (self.appearance_dim if motion == "add" else 0)
         self._build_contrast(contrast, contrast_grid, temporal)
         self.head = _temporal_head(temporal, head_in, num_classes, dict(head_kwargs or {}), extra_dim=contrast)
+        self._build_more_heads(heads, lambda: _temporal_head(temporal, head_in, num_classes, dict(head_kwargs or {}),
+                                                             extra_dim=contrast))
         self.num_classes = num_classes
         self.channels_last = channels_last
-        self.frozen_groups: list[int] = []
-        if freeze_backbone:
-            self.backbone.requires_grad_(False)
-            self.frozen_groups = [-1]
-        elif freeze_stages > 0:
-            groups = group_parameters(backbone, backbone.group_matcher(coarse=True))
-            params = dict(backbone.named_parameters())
-            for gid in sorted(groups)[: freeze_stages + 1]:  # group 0 is the stem
-                for n in groups[gid]:
-                    params[n].requires_grad_(False)
-            self.frozen_groups = sorted(groups)[: freeze_stages + 1]
+        self._freeze(freeze_backbone, freeze_stages)
         if grad_checkpointing:
             self.backbone.set_grad_checkpointing(True)
         if channels_last:
@@ -272,6 +277,55 @@ class CNNLSTM(nn.Module):
             self.contrast_dim = self.contrast_channels * (1 + (contrast_grid**2 if contrast_grid > 1 else 0))
             self.feature_dim += self.contrast_dim
             self.contrast = TemporalContrast(self.contrast_dim, contrast)
+
+    def _freeze(self, freeze_backbone: bool, freeze_stages: int) -> None:
+        """No gradients into the whole backbone, or into its stem and first ``freeze_stages`` stages."""
+        self.frozen_groups: list[int] = []
+        if freeze_backbone:
+            self.backbone.requires_grad_(False)
+            self.frozen_groups = [-1]
+        elif freeze_stages > 0:
+            groups = group_parameters(self.backbone, self.backbone.group_matcher(coarse=True))
+            params = dict(self.backbone.named_parameters())
+            for gid in sorted(groups)[: freeze_stages + 1]:  # group 0 is the stem
+                for n in groups[gid]:
+                    params[n].requires_grad_(False)
+            self.frozen_groups = sorted(groups)[: freeze_stages + 1]
+
+    def _build_more_heads(self, heads: int, new_head) -> None:
+        """``heads`` > 1: ``more_heads``, the members after the first, each a ``ModuleDict`` of a new
+        head (``new_head()``) and its own contrast branch. They are initialised from a fork of the
+        global RNG, so building them draws nothing from it: the first member, the twin search's scouts
+        and every later draw are those of the same model with one head."""
+        if heads < 1:
+            raise ValueError(f"heads must be >= 1, got {heads}")
+        self.more_heads = nn.ModuleList()
+        self._active = 0
+        if heads == 1:
+            return
+        with torch.random.fork_rng(devices=[]):
+            for _ in range(heads - 1):
+                member = nn.ModuleDict({"head": new_head()})
+                if self.contrast is not None:
+                    member["contrast"] = TemporalContrast(self.contrast_dim, self.contrast.out_dim)
+                self.more_heads.append(member)
+        self.register_buffer("active_head", torch.zeros((), dtype=torch.long))
+        self.register_load_state_dict_post_hook(_loaded_active_head)
+
+    def members(self) -> list[tuple[nn.Module, nn.Module | None]]:
+        """The (temporal head, contrast branch or None) pairs: ``head``/``contrast``, then ``more_heads``."""
+        more = [(m["head"], m["contrast"] if "contrast" in m else None) for m in self.more_heads]
+        return [(self.head, self.contrast)] + more
+
+    def train_head(self, index: int) -> "CNNLSTM":
+        """Member ``index`` trains from now on (training-mode ``forward`` runs it alone); eval-mode
+        ``forward`` averages members 0..``index``. Returns self."""
+        if not 0 <= index < len(self.members()):
+            raise ValueError(f"head {index} of a model with {len(self.members())} heads")
+        self._active = index
+        if self.more_heads:
+            self.active_head.fill_(index)
+        return self
 
     def _hook_stage(self, stride: int, option: str) -> int:
         """Catch the output of the deepest backbone stage with output stride <= ``stride`` (timm's
@@ -384,11 +438,17 @@ class CNNLSTM(nn.Module):
         head_in = feats[..., : self.appearance_dim]
         if motion is not None:
             head_in = motion if self.motion == "only" else torch.cat([head_in, motion], -1)
-        if self.contrast is None:
-            return self.head(head_in, lengths)
-        b, t = feats.shape[:2]
-        extra = self.contrast(feats[..., -self.contrast_dim :], valid_mask(lengths, b, t, feats.device))
-        return self.head(head_in, lengths, extra)
+        if self.contrast is not None:
+            b, t = feats.shape[:2]
+            state, mask = feats[..., -self.contrast_dim :], valid_mask(lengths, b, t, feats.device)
+        members = self.members()
+        members = members[self._active : self._active + 1] if self.training else members[: self._active + 1]
+        logits = [head(head_in, lengths) if contrast is None else head(head_in, lengths, contrast(state, mask))
+                  for head, contrast in members]
+        if len(logits) == 1:
+            return logits[0]
+        # The members' mean softmax, as its log: softmax of it gives the mean back.
+        return torch.stack([z.log_softmax(-1) for z in logits]).logsumexp(0) - math.log(len(logits))
 
     # Head inputs: what forward_head computes from cached features before anything trainable runs (the
     # motion correlation; 2/3 of a head step on a CPU), computed once per cached clip instead of every

@@ -282,14 +282,23 @@ def test_train_tool_under_torchrun_backbone_with_head_parameters_and_grid(tiny_d
 def test_train_tool_under_torchrun_finds_the_twins_on_cached_features(tiny_dataset, tmp_path):
     """The twin search on cached features with its collectives (rank 0's groups, the scouts' gather,
     rank 0's pairs; mirror_pairs=auto always trains the scouts): both ranks get through it, none
-    waiting alone in a collective, and the run records the pairs found in place of ``auto``."""
-    proc = torchrun(*train_args(tiny_dataset, tmp_path, "model.freeze_backbone=true", "train.cache_features=true",
-                                "train.cache_views=2", f"data.cache_dir={tmp_path / 'cache'}", "data.reverse_pairs=auto",
-                                "data.mirror_pairs=auto", "train.epochs=1"))
+    waiting alone in a collective, and the run records the pairs found in place of ``auto``. With
+    model.heads=2 (one epoch each), every step leaves a head out of the graph, which DDP must be told of,
+    and the second head's epoch (resumed here) leaves the first exactly as it was."""
+    args = train_args(tiny_dataset, tmp_path, "model.freeze_backbone=true", "train.cache_features=true",
+                      "train.cache_views=2", f"data.cache_dir={tmp_path / 'cache'}", "data.reverse_pairs=auto",
+                      "data.mirror_pairs=auto", "model.heads=2", "train.epochs=2")
+    proc = torchrun(*args, "--stop-after", "1")
     assert "world size 2" in proc.stderr and "twins found in" in proc.stderr
+    first = load_checkpoint(tmp_path / "ddp" / "last.pt")["model"]
+    proc = torchrun(*args, "--resume", "auto")
+    assert "head 2 of 2 trains in epochs 2-2" in proc.stderr
     ckpt = load_checkpoint(tmp_path / "ddp" / "last.pt")
     data = ckpt["config"]["data"]
     assert data["reverse_pairs"] != "auto" and data["mirror_pairs"] != "auto"
+    assert int(ckpt["model"]["active_head"]) == 1
+    assert all(torch.equal(v, first[k]) for k, v in ckpt["model"].items() if k.startswith(("head.", "contrast.")))
+    assert not all(torch.equal(v, first[k]) for k, v in ckpt["model"].items() if k.startswith("more_heads."))
 
 
 @pytest.mark.slow

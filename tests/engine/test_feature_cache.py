@@ -262,6 +262,49 @@ def test_train_tool_with_augmented_views_motion_and_transformer(tiny_root, tmp_p
         assert model(torch.randn(2, 4, 3, 32, 32)).shape == (2, len(classes))
 
 
+def test_train_tool_trains_the_heads_one_after_the_other_and_resumes_between_them(tiny_root, tmp_path, capsys):
+    """model.heads=2 on the cache: train.epochs split between the heads, each with its own warmup and
+    cosine; a run stopped after the first head's epochs resumes into the second, which leaves the first
+    exactly as it was; the checkpoint averages both."""
+    from tests.helpers import load_tool
+
+    train_tool = load_tool("train")
+    overrides = [
+        f"data.root={tiny_root}", f"data.cache_dir={tmp_path / 'cache'}", "data.clip_len=4", "data.resize_short=40",
+        "data.crop_size=32", "data.num_workers=0", "data.hflip=false", "model.backbone=test_resnet",
+        "model.hidden_size=16", "model.freeze_backbone=true", "model.temporal=transformer", "model.motion=only",
+        "model.motion_map=4", "model.contrast=8", "model.heads=2", "train.cache_features=true", "train.cache_views=2",
+        "train.batch_size=4", "train.epochs=4", "train.val_every=1", "optim.warmup_epochs=1", "train.device=cpu",
+        "train.cpu_threads=1", "logging.wandb.mode=disabled", f"train.output_dir={tmp_path / 'runs'}", "train.name=heads",
+    ]
+    args = ["--config", str(REPO / "configs" / "quickstart.yaml"), *overrides]
+    run = Path(train_tool.main(train_tool.parse_args([*args, "--stop-after", "2"]))["run_dir"])
+    first = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    assert int(first["model"]["active_head"]) == 0 and "head 1 of 2 trains in epochs 1-2" in capsys.readouterr().err
+    train_tool.main(train_tool.parse_args([*args, "--resume", "auto"]))
+    assert "head 2 of 2 trains in epochs 3-4" in capsys.readouterr().err
+    last = torch.load(run / "last.pt", map_location="cpu", weights_only=True)["model"]
+    assert int(last["active_head"]) == 1
+    mine = [k for k in last if k.startswith(("head.", "contrast."))]
+    second = [k for k in last if k.startswith("more_heads.0.")]
+    assert mine and len(second) == len(mine)
+    assert all(torch.equal(last[k], first["model"][k]) for k in mine)  # the second head's epochs left the first alone
+    assert not all(torch.equal(last[k], first["model"][k]) for k in second)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows]  # each row: the lr the next step takes
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert lrs[2] == pytest.approx(lrs[0]) and lrs[1] > 10 * lrs[3]  # the second head's warmup, then its cosine's end
+    _, model, classes = build.model_from_checkpoint(run / "last.pt")
+    head0 = create_model("cnn_lstm", num_classes=len(classes), backbone="test_resnet", hidden_size=16,
+                         freeze_backbone=True, temporal="transformer", motion="only", motion_map=4, contrast=8).eval()
+    head0.load_state_dict({k: v for k, v in last.items() if not k.startswith("more_heads.") and k != "active_head"})
+    clips = torch.randn(3, 4, 3, 32, 32)
+    with torch.no_grad():  # the checkpoint's model averages both heads, not the first alone
+        both, alone = model.eval()(clips).exp(), head0(clips).softmax(-1)
+    torch.testing.assert_close(both.sum(-1), torch.ones(3))
+    assert not torch.allclose(both, alone, atol=1e-4)
+
+
 def test_feature_dataset_of_head_inputs_gives_what_the_features_would_give():
     """Training on the cache replaces each view by the head's inputs (FeatureDataset.map_views with
     CNNLSTM.head_inputs); reversed and mirrored by reverse_inputs and mirror_inputs, every item, with its

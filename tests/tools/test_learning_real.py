@@ -53,7 +53,7 @@ def runs(tmp_path_factory, train_tool):
               "logging.wandb.mode=disabled"]
     results = {}
     baseline = ["model.temporal=none", "model.motion=none", "model.contrast=0", "train.cache_views=1",
-                "data.reverse_pairs=[]", "data.mirror_pairs=[]"]
+                "data.reverse_pairs=[]", "data.mirror_pairs=[]", "model.heads=1", "train.epochs=80"]
     one_view = ["eval.num_clips=1", "eval.num_crops=1"]
     for name, extra in (("recipe", []), ("baseline", baseline)):
         train_tool.main(train_tool.parse_args([*common, f"train.name={name}", *extra]))

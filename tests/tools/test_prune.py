@@ -95,7 +95,8 @@ def test_flops_out_of_range_and_a_foreign_architecture_are_refused(pruned, tmp_p
 
 
 def test_models_with_stage_hooks_are_refused_in_one_line(trained_checkpoint, tmp_path):
-    """model.motion and model.contrast read fixed backbone stages whose widths pruning would change."""
+    """model.motion and model.contrast read fixed backbone stages whose widths pruning would change;
+    model.heads > 1 were trained on the frozen backbone that pruning fine-tunes."""
     from actionrec.config import config_to_dict
     from actionrec.engine import checkpoint as ckpt_io
     from actionrec.errors import UsageError
@@ -103,7 +104,9 @@ def test_models_with_stage_hooks_are_refused_in_one_line(trained_checkpoint, tmp
     from actionrec.config import load_config
 
     ckpt = torch.load(trained_checkpoint, weights_only=True)
-    for extra in (["model.contrast=8", "model.temporal=transformer"], ["model.motion=only", "model.motion_map=4"]):
+    cases = (["model.contrast=8", "model.temporal=transformer"], ["model.motion=only", "model.motion_map=4"],
+             ["model.heads=2", "model.freeze_backbone=true", "train.epochs=2"])
+    for extra in cases:
         overrides = [f"{k}={v}" for k, v in (("model.backbone", "test_resnet"), ("model.hidden_size", 16))] + extra
         cfg = load_config(None, overrides)
         model = build.model_from(cfg, len(ckpt["class_names"]))
@@ -112,6 +115,7 @@ def test_models_with_stage_hooks_are_refused_in_one_line(trained_checkpoint, tmp
                                                     step=0, config=config_to_dict(cfg),
                                                     class_names=ckpt["class_names"]), path)
         tool = load_tool("prune")
-        with pytest.raises(UsageError, match="hooked.pt: pruning a model with model.motion or model.contrast"):
+        why = "model.heads=2" if "model.heads=2" in extra else "model.motion or model.contrast"
+        with pytest.raises(UsageError, match=f"hooked.pt: pruning a model with {why}"):
             tool.main(tool.parse_args([str(path), "--flops", "0.5", "--out", str(tmp_path / "out")]))
         assert not (tmp_path / "out").exists()
