@@ -351,10 +351,13 @@ class CNNLSTM(nn.Module):
 
     def place(self, cnn_device: torch.device | str, head_device: torch.device | str) -> "CNNLSTM":
         """Model-parallel placement: backbone on ``cnn_device``; everything ``forward_head`` runs (the
-        temporal head, the contrast branch, the motion correlation's index buffers) on ``head_device``."""
+        temporal head, the contrast branch, the motion correlation's index buffers; ``active_head``,
+        which DDP broadcasts with the rest: NCCL takes no CPU tensor) on ``head_device``."""
         self.cnn_device, self.head_device = torch.device(cnn_device), torch.device(head_device)
         for name, child in self.named_children():
             child.to(self.cnn_device if name == "backbone" else self.head_device)
+        for name, buf in self.named_buffers(recurse=False):
+            self._buffers[name] = buf.to(self.head_device)
         return self
 
     @property

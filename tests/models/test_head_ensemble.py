@@ -45,9 +45,17 @@ def test_more_heads_draw_nothing_from_the_rng_and_start_different():
     assert [k for k in three.state_dict() if k not in one.state_dict()][0] == "active_head"
     for k, v in one.state_dict().items():  # the first member is the one-head model's head
         assert torch.equal(three.state_dict()[k], v), k
-    w = [h.classifier.weight if hasattr(h, "classifier") else h.fc.weight for h, _ in three.members()]
+    w = [h.fc.weight for h, _ in three.members()]
     assert not torch.equal(w[0], w[1]) and not torch.equal(w[1], w[2])
     assert len({id(c) for _, c in three.members()}) == 3  # each head has its own contrast branch
+
+
+def test_placement_puts_the_active_head_with_the_heads():
+    # DDP broadcasts buffers with the parameters; NCCL refuses a CPU tensor beside CUDA heads.
+    model = _model(2).place("cpu", "meta")
+    assert model.active_head.device.type == "meta" and model.head.fc.weight.device.type == "meta"
+    assert model.more_heads[0]["head"].fc.weight.device.type == "meta"
+    assert next(model.backbone.parameters()).device.type == "cpu"
 
 
 def test_eval_averages_the_softmax_of_the_heads_trained_so_far():
