@@ -7,7 +7,7 @@ import torch
 
 from actionrec import build
 from actionrec.config import ConfigError, load_config
-from actionrec.data.mirror import Mirror, flip_frames, mirror_labels, mirror_report, self_scores
+from actionrec.data.mirror import MIRROR_SELF_SCORE, Mirror, flip_frames, mirror_labels, mirror_report, self_scores
 from actionrec.data.splits import load_split
 
 
@@ -73,40 +73,44 @@ def test_names_and_conflicts_are_checked():
 
 def test_mirror_labels_from_what_the_scouts_say():
     # P[a][b]: the scouts' softmax for b on a's mirrored clips. 0 and 1 swap (a pan left and right), 2
-    # looks the same mirrored, 3 looks like nothing they know (spread out), 4 mostly like 0 one way only.
-    said = torch.tensor([[0.05, 0.90, 0.02, 0.01, 0.02],
-                         [0.80, 0.10, 0.05, 0.03, 0.02],
-                         [0.01, 0.02, 0.95, 0.01, 0.01],
-                         [0.20, 0.20, 0.20, 0.30, 0.10],
-                         [0.45, 0.05, 0.05, 0.05, 0.40]], dtype=torch.float64)
-    assert mirror_labels(said) == [(0, 1), (2, 2)]
-    text = mirror_report([(0, 1), (2, 2)], said, ["L", "R", "Up", "Odd", "Half"])
-    assert text.startswith("L/R (0.85); 1 of 5 classes flipped as they are (itself 0.95-0.95); never flipped: Odd "
-                           "(itself 0.30), Half (itself 0.40)")
+    # looks the same mirrored, 3 looks like nothing they know (spread out), 4 mostly like 0 one way only,
+    # 5 (a rare entry) is called itself a third of the time mirrored: over the 0.25 bar, flipped as it is.
+    said = torch.tensor([[0.05, 0.90, 0.02, 0.01, 0.01, 0.01],
+                         [0.80, 0.10, 0.05, 0.03, 0.01, 0.01],
+                         [0.01, 0.02, 0.95, 0.01, 0.00, 0.01],
+                         [0.22, 0.22, 0.20, 0.20, 0.12, 0.04],
+                         [0.75, 0.05, 0.05, 0.05, 0.10, 0.00],
+                         [0.10, 0.05, 0.30, 0.15, 0.05, 0.35]], dtype=torch.float64)
+    assert MIRROR_SELF_SCORE == 0.25
+    assert mirror_labels(said) == [(0, 1), (2, 2), (5, 5)]
+    assert mirror_labels(said, self_score=0.5) == [(0, 1), (2, 2)]  # the bar before: the entry left out
+    text = mirror_report([(0, 1), (2, 2), (5, 5)], said, ["L", "R", "Up", "Odd", "Half", "Enter"])
+    assert text.startswith("L/R (0.85); 2 of 6 classes flipped as they are (itself 0.35-0.95, lowest Enter); never flipped: Odd "
+                           "(itself 0.20), Half (itself 0.10)")
 
 
 def test_time_reversed_twins_pool_their_mirror_self_scores():
     # 0 (Enter, 30 clips) looks like itself mirrored (0.80); its time-reversed twin 1 (Exit, 6 clips)
-    # scored 0.40 for itself: an exit mirrored is an exit when an entry mirrored is an entry, and the
+    # scored 0.15 for itself: an exit mirrored is an exit when an entry mirrored is an entry, and the
     # rare class's score is the noisier one. 2 and 3 swap (a pan left and right, also time twins).
     said = torch.tensor([[0.80, 0.10, 0.05, 0.05],
-                         [0.45, 0.40, 0.10, 0.05],
+                         [0.70, 0.15, 0.10, 0.05],
                          [0.02, 0.03, 0.05, 0.90],
                          [0.01, 0.04, 0.85, 0.10]], dtype=torch.float64)
     counts, twins = [30, 6, 20, 20], [(0, 1), (2, 3)]
     itself = self_scores(said, counts, twins)
-    torch.testing.assert_close(itself[:2], torch.full((2,), (30 * 0.80 + 6 * 0.40) / 36, dtype=torch.float64))
+    torch.testing.assert_close(itself[:2], torch.full((2,), (30 * 0.80 + 6 * 0.15) / 36, dtype=torch.float64))
     torch.testing.assert_close(itself[2:], torch.full((2,), 0.075, dtype=torch.float64))
     torch.testing.assert_close(self_scores(said), said.diagonal())  # no twins: P[a][a] as it is
-    torch.testing.assert_close(self_scores(said, None, [(0, 1)])[:2], torch.full((2,), 0.60, dtype=torch.float64))
+    torch.testing.assert_close(self_scores(said, None, [(0, 1)])[:2], torch.full((2,), 0.475, dtype=torch.float64))
     assert mirror_labels(said) == [(0, 0), (2, 3)]  # alone, Exit would never be flipped
     assert mirror_labels(said, itself=itself) == [(0, 0), (1, 1), (2, 3)]
     # Pooling works both ways: a rare class's high score does not outvote its common twin's low one.
     low = said.clone()
-    low[0, 0], low[1, 1] = 0.30, 0.90
+    low[0, 0], low[1, 1] = 0.10, 0.90  # pooled (30 * 0.10 + 6 * 0.90) / 36 = 0.23, under the bar
     assert mirror_labels(low, itself=self_scores(low, counts, twins)) == [(2, 3)]
     text = mirror_report([(0, 0), (1, 1), (2, 3)], said, ["Enter", "Exit", "L", "R"], itself=itself)
-    assert text == "L/R (0.88); 2 of 4 classes flipped as they are (itself 0.73-0.73)"
+    assert text == "L/R (0.88); 2 of 4 classes flipped as they are (itself 0.69-0.69, lowest Enter, Exit)"
 
 
 def test_video_dataset_flips_the_same_augmented_frames(tiny_dataset):
