@@ -177,6 +177,35 @@ def test_resume_after_the_gpu_count_changed(tiny_dataset, tmp_path):
     assert load_checkpoint(tmp_path / "gpu" / "last.pt")["step"] == 6
 
 
+HEADS = ("model.freeze_backbone=true", "model.temporal=transformer", "model.motion=only", "model.motion_map=4",
+         "model.contrast=8", "model.heads=2", "data.hflip=false", "train.cache_features=true", "train.cache_views=2",
+         "train.epochs=4", "optim.warmup_epochs=1")
+
+
+@pytest.mark.parametrize("gpus,placement", [("0", ()), pytest.param("0,1", ("model.placement.cnn=cuda:0",
+                                                                             "model.placement.lstm=cuda:1"),
+                                                                 marks=two_gpus)])
+def test_two_heads_train_one_after_the_other_on_cuda_and_resume_between_them(tiny_dataset, tmp_path, gpus,
+                                                                              placement):
+    # model.heads=2 on the cached features: the active_head buffer lives with the heads (model-parallel
+    # placement puts them on another GPU); the second head's epochs leave the first exactly as it was.
+    extra = (*HEADS, f"data.cache_dir={tmp_path / 'cache'}", *placement)
+    _train(tiny_dataset, tmp_path, *extra, "--stop-after", "2", gpus=gpus)
+    first = load_checkpoint(tmp_path / "gpu" / "last.pt")["model"]
+    assert int(first["active_head"]) == 0
+    proc = _train(tiny_dataset, tmp_path, *extra, "--resume", "auto", gpus=gpus)
+    assert "head 2 of 2 trains in epochs 3-4" in proc.stderr
+    last = load_checkpoint(tmp_path / "gpu" / "last.pt")["model"]
+    assert int(last["active_head"]) == 1
+    mine = [k for k in last if k.startswith(("head.", "contrast."))]
+    assert mine and all(torch.equal(last[k].cpu(), first[k].cpu()) for k in mine)
+    assert not all(torch.equal(last[k].cpu(), first[k].cpu()) for k in last if k.startswith("more_heads.0."))
+    cmd = [sys.executable, str(REPO / "tools" / "eval.py"), str(tmp_path / "gpu" / "last.pt"), "eval.num_clips=1",
+           "--device", "cpu", "--out", str(tmp_path / "eval")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0 and "top-1" in done.stdout, done.stderr[-3000:]
+
+
 def test_gpu_trained_checkpoint_evaluates_on_cuda_and_cpu(tiny_dataset, tmp_path):
     _train(tiny_dataset, tmp_path, "train.amp=fp16", gpus="0")
     ckpt = tmp_path / "gpu" / "last.pt"
