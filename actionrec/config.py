@@ -126,7 +126,7 @@ class ModelConfig:
     contrast_grid: int = 1
     # N > 1: N temporal heads (each with its contrast branch) trained one after the other on the frozen
     # backbone's features, train.epochs split evenly between them (each its own warmup and cosine),
-    # their softmax averaged at test: a seed ensemble in one model and one run (README).
+    # their softmax averaged at test: a seed ensemble in one model and one run (docs/real_footage.md).
     heads: int = 1
     placement: PlacementConfig = field(default_factory=PlacementConfig)
 

@@ -24,7 +24,7 @@ from actionrec.config import ConfigError
 # data.reverse_pairs=auto (find_twins_from in build.py): the probe's pair scores link classes
 # scoring RELATED_SCORE or more into groups; a group is searched for twins when one of its pairs
 # scores SUSPECT_SCORE or more (twin_groups); inside it the scout head pairs the classes, each pair
-# needing SCOUT_SCORE or more (match_twins). Measured on 70 class sets (README, "Real footage on a CPU").
+# needing SCOUT_SCORE or more (match_twins). Measured on 70 class sets (docs/real_footage.md).
 RELATED_SCORE = 0.15
 SUSPECT_SCORE = 0.4
 SCOUT_SCORE = 0.35

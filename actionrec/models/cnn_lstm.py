@@ -177,7 +177,7 @@ class CNNLSTM(nn.Module):
             appended to each frame's features) joins the temporal head's pooled output. With
             ``motion='only'`` it is how the head still sees *what* is there, in order (an object
             that appears vs one that vanishes). Mid-level rather than the pooled features: on the
-            real-footage set it separated those twins better (README). LSTM and transformer heads
+            real-footage set it separated those twins better (docs/real_footage.md). LSTM and transformer heads
             only: the frame-averaging baseline stays order-blind.
         contrast_grid: 1: the contrast reads the stride-16 stage's channel means; N > 1: also that
             map average-pooled to N x N cells (``grid_cells``), so a change in one part of the frame

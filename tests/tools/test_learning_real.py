@@ -11,8 +11,9 @@ The recipe is tested as a user tests it: ``tools/eval.py last.pt`` with the conf
 3 clips x 3 crops; the recipe's 1-view result is printed too. The recipe finds the time-reversed
 twin classes itself (``data.reverse_pairs=auto``), and which classes a left-right flip keeps or
 swaps (``data.mirror_pairs=auto``); the test checks what it found. Issue 12's CI
-bar is 0.85 mean class accuracy here; the README ("Real footage on a CPU") has what the recipe
-reaches on this and six other sets, and its spread over training seeds on this one.
+bar is 0.85 mean class accuracy here; the README ("Real footage on a CPU") has where the recipe
+stands on unseen sets, and docs/real_footage.md its measurements, with its spread over training
+seeds on this set.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def runs(tmp_path_factory, train_tool):
         train_tool.main(train_tool.parse_args([*common, f"train.name={name}", *extra]))
         ckpt = str(out / "runs" / name / "last.pt")
         # The recipe with its own testing (3 x 3 views, from its config), and with 1 view as the
-        # README's history of this test; the order-blind baseline with 1 view.
+        # docs/real_footage.md's history of this test; the order-blind baseline with 1 view.
         evals = {"recipe": [], "recipe_1view": one_view} if name == "recipe" else {name: one_view}
         for key, views in evals.items():
             eval_tool.main(eval_tool.parse_args([ckpt, *views, "--out", str(out / key)]))
@@ -77,7 +78,7 @@ def runs(tmp_path_factory, train_tool):
 def test_recipe_finds_the_time_reversed_twins(runs):
     # data.reverse_pairs=auto, from the cached features alone: only true twins, and at least the
     # camera and motion pairs. Appear/Vanish is searched when its probe score reaches 0.40 (0.50 here
-    # with train.seed=0 on the Xeon, 0.37-0.52 with seeds 1-4: README), so it is not required.
+    # with train.seed=0 on the Xeon, 0.37-0.52 with seeds 1-4: docs/real_footage.md), so it is not required.
     found = {tuple(sorted(p)) for p in runs["recipe"]["reverse_pairs"]}
     truth = {tuple(sorted(p)) for p in REAL_PAIRS[:4]}
     assert found <= truth and {("PanLeft", "PanRight"), ("ZoomIn", "ZoomOut"), ("Fall", "Rise")} <= found, found
@@ -102,7 +103,7 @@ def test_recipe_learns_temporal_order_on_real_footage(runs):
     rec = runs["recipe"]
     assert rec["num_videos"] == 96  # balanced: 8 classes x 12
     assert (rec["num_clips"], rec["num_crops"]) == (3, 3)  # the config's own testing
-    # Issue 12's CI bar, on the recipe's own testing (seed-0 set: README's spread over training seeds).
+    # Issue 12's CI bar, on the recipe's own testing (seed-0 set: the spread over training seeds in docs/real_footage.md).
     assert rec["mean_class_acc"] >= 0.85, rec["per_class_acc"]
     # Motion (pans, zooms, rising and falling) is what the motion features read best.
     for pair in (("PanLeft", "PanRight"), ("ZoomIn", "ZoomOut"), ("Rise", "Fall")):
