@@ -23,6 +23,13 @@ def load_tool(name: str):
     return load_module(f"actionrec_tool_{name}", REPO / "tools" / f"{name}.py")
 
 
+# model.heads=2 on the feature cache, small: two heads of 2 epochs each, a motion and contrast head
+# that reads the cache's views (the train tool's tests on the CPU and on CUDA).
+TWO_HEADS = ("model.freeze_backbone=true", "model.temporal=transformer", "model.motion=only", "model.motion_map=4",
+             "model.contrast=8", "model.heads=2", "data.hflip=false", "train.cache_features=true",
+             "train.cache_views=2", "train.epochs=4", "optim.warmup_epochs=1")
+
+
 def tiny_overrides(root: Path, out_dir: Path) -> list[str]:
     """Overrides that make tools/train.py run in seconds on the ``tiny_dataset`` fixture."""
     return [

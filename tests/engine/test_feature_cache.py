@@ -266,16 +266,14 @@ def test_train_tool_trains_the_heads_one_after_the_other_and_resumes_between_the
     """model.heads=2 on the cache: train.epochs split between the heads, each with its own warmup and
     cosine; a run stopped after the first head's epochs resumes into the second, which leaves the first
     exactly as it was; the checkpoint averages both."""
-    from tests.helpers import load_tool
+    from tests.helpers import TWO_HEADS, load_tool
 
     train_tool = load_tool("train")
     overrides = [
         f"data.root={tiny_root}", f"data.cache_dir={tmp_path / 'cache'}", "data.clip_len=4", "data.resize_short=40",
-        "data.crop_size=32", "data.num_workers=0", "data.hflip=false", "model.backbone=test_resnet",
-        "model.hidden_size=16", "model.freeze_backbone=true", "model.temporal=transformer", "model.motion=only",
-        "model.motion_map=4", "model.contrast=8", "model.heads=2", "train.cache_features=true", "train.cache_views=2",
-        "train.batch_size=4", "train.epochs=4", "train.val_every=1", "optim.warmup_epochs=1", "train.device=cpu",
-        "train.cpu_threads=1", "logging.wandb.mode=disabled", f"train.output_dir={tmp_path / 'runs'}", "train.name=heads",
+        "data.crop_size=32", "data.num_workers=0", "model.backbone=test_resnet", "model.hidden_size=16", *TWO_HEADS,
+        "train.batch_size=4", "train.val_every=1", "train.device=cpu", "train.cpu_threads=1",
+        "logging.wandb.mode=disabled", f"train.output_dir={tmp_path / 'runs'}", "train.name=heads",
     ]
     args = ["--config", str(REPO / "configs" / "quickstart.yaml"), *overrides]
     run = Path(train_tool.main(train_tool.parse_args([*args, "--stop-after", "2"]))["run_dir"])

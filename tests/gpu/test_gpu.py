@@ -22,7 +22,7 @@ from actionrec.engine import selfcheck
 from actionrec.engine.checkpoint import load_checkpoint
 from actionrec.engine.loop import resolve_amp, setup_amp
 from actionrec.models.factory import create_model
-from tests.helpers import REPO, tiny_overrides
+from tests.helpers import REPO, TWO_HEADS, tiny_overrides
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -157,6 +157,14 @@ def _train(root: Path, out: Path, *extra: str, gpus: str) -> subprocess.Complete
     return proc
 
 
+def _eval(ckpt: Path, device: str, out: Path) -> None:
+    """tools/eval.py on ``ckpt`` at 1 clip on ``device``: it must finish and print its result."""
+    cmd = [sys.executable, str(REPO / "tools" / "eval.py"), str(ckpt), "eval.num_clips=1", "--device", device,
+           "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0 and "top-1" in proc.stdout, proc.stderr[-3000:]
+
+
 def test_train_tool_on_cuda_with_amp_auto(tiny_dataset, tmp_path):
     proc = _train(tiny_dataset, tmp_path, gpus="0")
     assert f"amp {resolve_amp(torch.device('cuda:0'), 'auto')} (auto)" in proc.stderr
@@ -177,11 +185,6 @@ def test_resume_after_the_gpu_count_changed(tiny_dataset, tmp_path):
     assert load_checkpoint(tmp_path / "gpu" / "last.pt")["step"] == 6
 
 
-HEADS = ("model.freeze_backbone=true", "model.temporal=transformer", "model.motion=only", "model.motion_map=4",
-         "model.contrast=8", "model.heads=2", "data.hflip=false", "train.cache_features=true", "train.cache_views=2",
-         "train.epochs=4", "optim.warmup_epochs=1")
-
-
 @pytest.mark.parametrize("gpus,placement", [("0", ()), pytest.param("0,1", ("model.placement.cnn=cuda:0",
                                                                              "model.placement.lstm=cuda:1"),
                                                                  marks=two_gpus)])
@@ -189,7 +192,7 @@ def test_two_heads_train_one_after_the_other_on_cuda_and_resume_between_them(tin
                                                                               placement):
     # model.heads=2 on the cached features: the active_head buffer lives with the heads (model-parallel
     # placement puts them on another GPU); the second head's epochs leave the first exactly as it was.
-    extra = (*HEADS, f"data.cache_dir={tmp_path / 'cache'}", *placement)
+    extra = (*TWO_HEADS, f"data.cache_dir={tmp_path / 'cache'}", *placement)
     _train(tiny_dataset, tmp_path, *extra, "--stop-after", "2", gpus=gpus)
     first = load_checkpoint(tmp_path / "gpu" / "last.pt")["model"]
     assert int(first["active_head"]) == 0
@@ -200,20 +203,14 @@ def test_two_heads_train_one_after_the_other_on_cuda_and_resume_between_them(tin
     mine = [k for k in last if k.startswith(("head.", "contrast."))]
     assert mine and all(torch.equal(last[k].cpu(), first[k].cpu()) for k in mine)
     assert not all(torch.equal(last[k].cpu(), first[k].cpu()) for k in last if k.startswith("more_heads.0."))
-    cmd = [sys.executable, str(REPO / "tools" / "eval.py"), str(tmp_path / "gpu" / "last.pt"), "eval.num_clips=1",
-           "--device", "cpu", "--out", str(tmp_path / "eval")]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert done.returncode == 0 and "top-1" in done.stdout, done.stderr[-3000:]
+    _eval(tmp_path / "gpu" / "last.pt", "cpu", tmp_path / "eval")
 
 
 def test_gpu_trained_checkpoint_evaluates_on_cuda_and_cpu(tiny_dataset, tmp_path):
     _train(tiny_dataset, tmp_path, "train.amp=fp16", gpus="0")
     ckpt = tmp_path / "gpu" / "last.pt"
     for device in ("cuda:0", "cpu"):
-        cmd = [sys.executable, str(REPO / "tools" / "eval.py"), str(ckpt), "eval.num_clips=1", "--device", device,
-               "--out", str(tmp_path / device.replace(":", ""))]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
-        assert proc.returncode == 0 and "top-1" in proc.stdout, proc.stderr[-3000:]
+        _eval(ckpt, device, tmp_path / device.replace(":", ""))
 
 
 def test_selfcheck_reports_no_failure():
