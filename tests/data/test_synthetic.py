@@ -255,3 +255,20 @@ def test_make_synthetic_cli(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     assert "24 (16 train, 8 test)" in result.stdout
     assert len(videos(out)) == 24
+
+
+def test_make_synthetic_help_gives_each_styles_own_default(capsys: pytest.CaptureFixture):
+    """--min-frames/--max-frames default to 6-64 synthetic and 40-80 real: the help says both, and
+    nothing extra for the options whose defaults agree."""
+    from actionrec.data.real_footage import real_default_params
+    from actionrec.prep.make_synthetic import parse_args
+
+    assert (real_default_params()["min_frames"], real_default_params()["max_frames"]) == (40, 80)
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps at the terminal width
+    assert "shortest video (default: 6) (--style real: 40)" in text
+    assert "longest video (default: 64) (--style real: 80)" in text
+    assert "frame width, even (default: 160) (both styles)" in text
+    assert "random seed (default: 0) (both styles)" in text
+    assert "40-80 frames" not in text
