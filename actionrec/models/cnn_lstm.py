@@ -2,7 +2,9 @@
 
 Layouts: input clips (B, T, C, H, W); the backbone sees (B*T, C, H, W) in ONE call (time folded
 into the batch, so batch norm statistics and kernels see the whole clip batch), and returns
-(B*T, D) features that are unfolded to (B, T, D) for the head.
+(B*T, D) features that are unfolded to (B, T, D) for the head. The one exception is a backbone in
+eval mode on a CPU (frozen, or testing), whose batch norm uses its running statistics: it runs
+``CPU_PIXELS_PER_CALL`` pixels of frames per call, which gives the same features faster.
 
 Model parallelism: ``place(cnn_device, head_device)`` puts the backbone and the head on different
 devices; features move between them inside ``forward`` and logits come out on the head's device.
@@ -21,6 +23,13 @@ from timm.models import group_parameters
 
 from actionrec.models.heads import DROPOUT, LSTMHead, MeanHead, MotionCorrelation, TemporalContrast, TransformerHead, valid_mask
 
+# A backbone in eval mode on a CPU sees at most this many pixels of frames per call (32 frames of
+# 112 x 112, 8 of 224 x 224). One call over a whole test batch (4 videos x 9 views x 16 frames)
+# streams activations of hundreds of MB through every batch norm and activation, which then took
+# longer than the convolutions; in pieces that stay in the caches mobilenet_v2 ran 1.9x faster at
+# 112 px and 2x at 224 px, resnet18 1.3x (docs/benchmarks.md). Each frame's features are its own
+# in eval mode, so the pieces give the same result.
+CPU_PIXELS_PER_CALL = 32 * 112 * 112
 ORDER_RADIUS = 2  # the motion correlation's reach in ``CNNLSTM.order_summary`` (data.reverse_pairs=auto)
 
 
@@ -255,6 +264,7 @@ class CNNLSTM(nn.Module):
                                                              extra_dim=contrast))
         self.num_classes = num_classes
         self.channels_last = channels_last
+        self.cpu_pixels_per_call = CPU_PIXELS_PER_CALL  # frames_per_call; 0: one call whatever the size
         self._freeze(freeze_backbone, freeze_stages)
         if grad_checkpointing:
             self.backbone.set_grad_checkpointing(True)
@@ -369,9 +379,26 @@ class CNNLSTM(nn.Module):
         return self.head_device or next(self.head.parameters()).device
 
     def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) frames -> (N, D) features in one backbone call: the pooled features, then
-        (with ``motion``) the flattened stride-8 map pooled to ``motion_map`` x ``motion_map``, then
-        (with ``contrast``) the stride-16 map's channel means and (``contrast_grid`` > 1) its cells."""
+        """(N, C, H, W) frames -> (N, D) features: the pooled features, then (with ``motion``) the
+        flattened stride-8 map pooled to ``motion_map`` x ``motion_map``, then (with ``contrast``)
+        the stride-16 map's channel means and (``contrast_grid`` > 1) its cells. One backbone call,
+        or ``CPU_PIXELS_PER_CALL`` pixels of frames per call (``frames_per_call``)."""
+        n = self.frames_per_call(frames)
+        if n < frames.shape[0]:
+            return torch.cat([self._frame_features(part) for part in frames.split(n)])
+        return self._frame_features(frames)
+
+    def frames_per_call(self, frames: torch.Tensor) -> int:
+        """How many of ``frames`` one backbone call takes: all of them, except for a backbone in eval
+        mode on a CPU (batch norm on running statistics: each frame's features are its own), which
+        takes ``cpu_pixels_per_call`` pixels' worth. Tracing and compiling see one call."""
+        n = frames.shape[0]
+        if (not self.cpu_pixels_per_call or self.backbone.training or self.input_device.type != "cpu"
+                or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()):
+            return n
+        return max(1, self.cpu_pixels_per_call // (frames.shape[-2] * frames.shape[-1]))
+
+    def _frame_features(self, frames: torch.Tensor) -> torch.Tensor:
         if self.motion == "none" and self.contrast is None:
             return self._pooled_features(frames)
         self._stage_out.clear()

@@ -396,6 +396,9 @@ def bench_train_suite(*, backbone: str, batch: int, clip_len: int, size: int, nu
                     note=f"{flops / 1e9:.0f} GFLOP/step (fwd+bwd); {100 * achieved / peaks['fp32']:.0f}% of fp32 "
                          f"peak, {100 * achieved / peaks['bf16']:.0f}% of bf16 peak"))
     rows += low + qs + bench_feature_cache(**kw, repeats=repeats)
+    # The recipe's test batch: 4 videos x 3 clips x 3 crops x 16 frames at 112 px (tiny sizes under --quick).
+    rows += bench_frames_per_call(backbone=backbone, frames=batch * clip_len, size=size, repeats=repeats,
+                                  recipe_frames=4 * 9 * clip_len, recipe_size=112 if size >= 112 else size)
     rows += bench_motion_correlation(batch=16, clip_len=clip_len, channels=32, size=14 if size >= 112 else 6, repeats=repeats)
     rows += bench_head_inputs(batch=16, clip_len=clip_len, repeats=repeats)
     return rows, profile_train_step(**kw, autocast=autocast) if profile else ""
@@ -428,6 +431,43 @@ def bench_feature_cache(*, backbone: str, batch: int, clip_len: int, size: int, 
                 "head-only step on cached features": _train_variant(lambda: make(True), feats, labels),
                 "extract features (once per clip)": extract}
     return interleaved(variants, repeats=repeats).rows("feature-cache", "clips/s", baseline=base)
+
+
+def bench_frames_per_call(*, backbone: str, frames: int, size: int, recipe_frames: int, recipe_size: int,
+                          repeats: int) -> list[Row]:
+    """A backbone in eval mode on a CPU (frozen: feature extraction; any model: testing) runs
+    ``CNNLSTM.cpu_pixels_per_call`` pixels of frames per call: vs one call over all the frames.
+    Two shapes: the real-footage recipe's test batch (``configs/cpu_pretrained.yaml``'s model:
+    mobilenet_v2 with its stage hooks, ``recipe_frames`` frames at ``recipe_size``) and ``backbone``'s
+    frozen features of ``frames`` frames at ``size`` (the feature cache's extraction above)."""
+    from actionrec.build import model_from
+    from actionrec.config import load_config
+
+    torch.manual_seed(0)
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "cpu_pretrained.yaml")
+    rows = []
+    for group, name, model, n, px in (
+            ("frames-per-call recipe", cfg.model.backbone, model_from(cfg, 8), recipe_frames, recipe_size),
+            ("frames-per-call", backbone, create_model("cnn_lstm", num_classes=8, backbone=backbone, freeze_backbone=True),
+             frames, size)):
+        model.eval()
+        x = torch.randn(n, 3, px, px)
+        per_call = min(model.frames_per_call(x), n)
+        pieces = model.cpu_pixels_per_call
+
+        def run(pixels: int, model=model, x=x) -> Callable[[], int]:
+            def one() -> int:
+                model.cpu_pixels_per_call = pixels
+                with torch.no_grad():
+                    model.frame_features(x)
+                return len(x)
+            return one
+
+        base = f"{name} {px}px, {n} frames in one call"
+        variants = {base: run(0), f"{per_call} frames per call (the default)": run(pieces)}
+        rows += interleaved(variants, repeats=max(3, repeats)).rows(group, "frames/s", baseline=base)
+        model.cpu_pixels_per_call = pieces
+    return rows
 
 
 def bench_motion_correlation(*, batch: int, clip_len: int, channels: int, size: int, repeats: int) -> list[Row]:
