@@ -3,8 +3,8 @@
 Layouts: input clips (B, T, C, H, W); the backbone sees (B*T, C, H, W) in ONE call (time folded
 into the batch, so batch norm statistics and kernels see the whole clip batch), and returns
 (B*T, D) features that are unfolded to (B, T, D) for the head. The one exception is a backbone in
-eval mode on a CPU (frozen, or testing), whose batch norm uses its running statistics: it runs
-``CPU_PIXELS_PER_CALL`` pixels of frames per call, which gives the same features faster.
+eval mode on a CPU without gradients (feature extraction, testing), whose batch norm uses its running
+statistics: it runs ``CPU_PIXELS_PER_CALL`` pixels of frames per call, the same features faster.
 
 Model parallelism: ``place(cnn_device, head_device)`` puts the backbone and the head on different
 devices; features move between them inside ``forward`` and logits come out on the head's device.
@@ -23,7 +23,7 @@ from timm.models import group_parameters
 
 from actionrec.models.heads import DROPOUT, LSTMHead, MeanHead, MotionCorrelation, TemporalContrast, TransformerHead, valid_mask
 
-# A backbone in eval mode on a CPU sees at most this many pixels of frames per call (32 frames of
+# A backbone in eval mode on a CPU, without gradients, sees at most this many pixels of frames per call (32 frames of
 # 112 x 112, 8 of 224 x 224). One call over a whole test batch (4 videos x 9 views x 16 frames)
 # streams activations of hundreds of MB through every batch norm and activation, which then took
 # longer than the convolutions; in pieces that stay in the caches mobilenet_v2 ran 1.9x faster at
@@ -389,12 +389,15 @@ class CNNLSTM(nn.Module):
         return self._frame_features(frames)
 
     def frames_per_call(self, frames: torch.Tensor) -> int:
-        """How many of ``frames`` one backbone call takes: all of them, except for a backbone in eval
-        mode on a CPU (batch norm on running statistics: each frame's features are its own), which
-        takes ``cpu_pixels_per_call`` pixels' worth. Tracing and compiling see one call."""
+        """How many of ``frames`` one backbone call takes: all of them, except without gradients for a
+        backbone in eval mode on a CPU (batch norm on running statistics: each frame's features are its
+        own; the feature cache's extraction, testing), which takes ``cpu_pixels_per_call`` pixels' worth.
+        With gradients one call: Grad-CAM's hooks and torch-pruning's graph read one activation per
+        layer. Tracing and compiling see one call too."""
         n = frames.shape[0]
-        if (not self.cpu_pixels_per_call or self.backbone.training or self.input_device.type != "cpu"
-                or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()):
+        if (not self.cpu_pixels_per_call or torch.is_grad_enabled() or self.backbone.training
+                or self.input_device.type != "cpu" or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+                or torch.compiler.is_compiling()):
             return n
         return max(1, self.cpu_pixels_per_call // (frames.shape[-2] * frames.shape[-1]))
 

@@ -452,7 +452,8 @@ def bench_frames_per_call(*, backbone: str, frames: int, size: int, recipe_frame
              frames, size)):
         model.eval()
         x = torch.randn(n, 3, px, px)
-        per_call = min(model.frames_per_call(x), n)
+        with torch.no_grad():
+            per_call = min(model.frames_per_call(x), n)
         pieces = model.cpu_pixels_per_call
 
         def run(pixels: int, model=model, x=x) -> Callable[[], int]:

@@ -94,6 +94,22 @@ def test_heatmaps_for_frozen_channels_last_checkpointed_and_mean_head_models(kw)
     assert bool(flags) == kw.get("grad_checkpointing", False)  # switched off for the explanation only
 
 
+def test_clip_explanation_covers_every_frame_where_testing_runs_the_backbone_in_pieces():
+    # Testing runs a frozen backbone on a CPU a few frames per call (CNNLSTM.frames_per_call); Grad-CAM
+    # needs the whole clip's activations from one call, and gets them: it runs with gradients.
+    model = tiny(backbone="test_resnet", num_classes=3, freeze_backbone=True)
+    model.cpu_pixels_per_call = 2 * 64 * 64  # 2 frames per call without gradients
+    clip = torch.randn(5, 3, 64, 64)
+    with torch.no_grad():
+        assert model.frames_per_call(clip) == 2
+    exp = explain_clip(model, clip, class_index=1)
+    assert exp.cams.shape == (5, 64, 64) and exp.cams_lowres.shape == (5, 2, 2)
+    model.cpu_pixels_per_call = 0
+    whole = explain_clip(model, clip, class_index=1)
+    np.testing.assert_allclose(exp.cams, whole.cams, atol=1e-5)
+    np.testing.assert_allclose(exp.probs, whole.probs, atol=1e-6)
+
+
 def test_streaming_explainer_equals_the_clip_explainer_for_the_newest_frame():
     # The demo explains each new frame in its window, older frames as constants: the same gradient
     # as Grad-CAM over the whole clip, for the last frame.
