@@ -7,7 +7,8 @@
 
 Subcommands: decode (clips/s per decoder), loader (train pipeline clips/s per worker count and the
 trainer's data-wait share on the quickstart), train-step (per-frame loop vs the default and options,
-GFLOP/s vs matmul peak, and the frozen-backbone feature cache), demo (streaming vs re-running the
+GFLOP/s vs matmul peak, the frozen-backbone feature cache, the recipe's motion correlation and head
+inputs, and an eval-mode backbone in pieces vs one call), demo (streaming vs re-running the
 window), memory (peak RSS of quickstart training and of the demo). Variants of one benchmark run in
 rotating rounds and ratios are medians of per-round ratios, so other jobs on the machine slow both
 sides of a ratio alike. Prints a Markdown table (and the machine) to stdout.
