@@ -23,12 +23,12 @@ from timm.models import group_parameters
 
 from actionrec.models.heads import DROPOUT, LSTMHead, MeanHead, MotionCorrelation, TemporalContrast, TransformerHead, valid_mask
 
-# A backbone in eval mode on a CPU, without gradients, sees at most this many pixels of frames per call (32 frames of
-# 112 x 112, 8 of 224 x 224). One call over a whole test batch (4 videos x 9 views x 16 frames)
-# streams activations of hundreds of MB through every batch norm and activation, which then took
-# longer than the convolutions; in pieces that stay in the caches mobilenet_v2 ran 1.9x faster at
-# 112 px and 2x at 224 px, resnet18 1.3x (docs/benchmarks.md). Each frame's features are its own
-# in eval mode, so the pieces give the same result.
+# A backbone in eval mode on a CPU, without gradients, sees at most this many pixels of frames per
+# call (32 frames of 112 x 112, 8 of 224 x 224). One call over a whole test batch (4 videos x 9 views
+# x 16 frames) streams activations of hundreds of MB through every batch norm and activation, which
+# then took longer than the convolutions; in pieces that stay in the caches the bare timm
+# mobilenet_v2 ran 1.9x faster at 112 px and 2x at 224 px, resnet18 1.3x at 224 px (2-core Xeon,
+# docs/benchmarks.md). Each frame's features are its own in eval mode: the pieces give the same result.
 CPU_PIXELS_PER_CALL = 32 * 112 * 112
 ORDER_RADIUS = 2  # the motion correlation's reach in ``CNNLSTM.order_summary`` (data.reverse_pairs=auto)
 

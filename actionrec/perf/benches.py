@@ -448,8 +448,8 @@ def bench_frames_per_call(*, backbone: str, frames: int, size: int, recipe_frame
     rows = []
     for group, name, model, n, px in (
             ("frames-per-call recipe", cfg.model.backbone, model_from(cfg, 8), recipe_frames, recipe_size),
-            ("frames-per-call", backbone, create_model("cnn_lstm", num_classes=8, backbone=backbone, freeze_backbone=True),
-             frames, size)):
+            ("frames-per-call", backbone,
+             create_model("cnn_lstm", num_classes=8, backbone=backbone, freeze_backbone=True), frames, size)):
         model.eval()
         x = torch.randn(n, 3, px, px)
         with torch.no_grad():
