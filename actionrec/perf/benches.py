@@ -433,6 +433,13 @@ def bench_feature_cache(*, backbone: str, batch: int, clip_len: int, size: int, 
     return interleaved(variants, repeats=repeats).rows("feature-cache", "clips/s", baseline=base)
 
 
+def _recipe_config():
+    """The real-footage recipe's config (``configs/cpu_pretrained.yaml``), for the benchmarks of its model."""
+    from actionrec.config import load_config
+
+    return load_config(Path(__file__).resolve().parents[2] / "configs" / "cpu_pretrained.yaml")
+
+
 def bench_frames_per_call(*, backbone: str, frames: int, size: int, recipe_frames: int, recipe_size: int,
                           repeats: int) -> list[Row]:
     """A backbone in eval mode on a CPU (frozen: feature extraction; any model: testing) runs
@@ -441,10 +448,9 @@ def bench_frames_per_call(*, backbone: str, frames: int, size: int, recipe_frame
     mobilenet_v2 with its stage hooks, ``recipe_frames`` frames at ``recipe_size``) and ``backbone``'s
     frozen features of ``frames`` frames at ``size`` (the feature cache's extraction above)."""
     from actionrec.build import model_from
-    from actionrec.config import load_config
 
     torch.manual_seed(0)
-    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "cpu_pretrained.yaml")
+    cfg = _recipe_config()
     rows = []
     for group, name, model, n, px in (
             ("frames-per-call recipe", cfg.model.backbone, model_from(cfg, 8), recipe_frames, recipe_size),
@@ -501,10 +507,9 @@ def bench_head_inputs(*, batch: int, clip_len: int, repeats: int, num_classes: i
     cache: a step on the cached features (the correlation in every step, as before) vs a step on
     ``CNNLSTM.head_inputs`` (the correlation once per cached clip), and that once-per-clip cost."""
     from actionrec.build import model_from
-    from actionrec.config import load_config
 
     torch.manual_seed(0)
-    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "cpu_pretrained.yaml")
+    cfg = _recipe_config()
     make = lambda: model_from(cfg, num_classes)  # noqa: E731 - untrained: only the shapes and the work matter
     probe = make().eval()
     feats = torch.randn(batch, clip_len, probe.feature_dim)
