@@ -398,14 +398,16 @@ def test_contrast_refuses_the_frame_averaging_baseline():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime")
-@pytest.mark.parametrize("contrast,contrast_grid,motion_softmax", [(0, 1, 0.0), (8, 1, 0.0), (8, 2, 0.1)])
-def test_motion_transformer_model_exports_to_onnx(tmp_path, contrast, contrast_grid, motion_softmax):
+@pytest.mark.parametrize("contrast,contrast_grid,motion_softmax,motion_map,motion_radius",
+                         [(0, 1, 0.0, 4, 2), (8, 1, 0.0, 4, 2), (8, 2, 0.1, 4, 2), (8, 2, 0.1, 6, 4)])
+def test_motion_transformer_model_exports_to_onnx(tmp_path, contrast, contrast_grid, motion_softmax, motion_map,
+                                                  motion_radius):
     from actionrec.deploy.export import export_onnx, max_abs_diff_onnx
 
     torch.manual_seed(0)
     model = create_model("cnn_lstm", num_classes=4, backbone="test_resnet", temporal="transformer", motion="only",
-                         motion_map=4, hidden_size=16, contrast=contrast, contrast_grid=contrast_grid,
-                         motion_softmax=motion_softmax).eval()
+                         motion_map=motion_map, motion_radius=motion_radius, hidden_size=16, contrast=contrast,
+                         contrast_grid=contrast_grid, motion_softmax=motion_softmax).eval()
     paths = export_onnx(model, tmp_path, clip_len=6, crop_size=48)
     diff = max_abs_diff_onnx(model, paths, clip_len=6, crop_size=48)
     assert max(diff.values()) < 1e-3, diff
