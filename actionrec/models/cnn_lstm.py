@@ -152,6 +152,21 @@ def _loaded_active_head(model: "CNNLSTM", _keys) -> None:
     model.train_head(int(model.active_head))
 
 
+class _StageHook:
+    """Forward hook that keeps a backbone stage's output in ``owner._stage_out[option]``.
+
+    An object rather than a lambda over the model: ``copy.deepcopy`` of the model (``quantize_head``:
+    the int8 demo, server and export) copies it with the model, so the copy's hooks fill the copy's
+    dict. A lambda is not copied and would keep writing into the original's.
+    """
+
+    def __init__(self, owner: "CNNLSTM", option: str):
+        self.owner, self.option = owner, option
+
+    def __call__(self, _module: nn.Module, _inputs, out: torch.Tensor) -> None:
+        self.owner._stage_out[self.option] = out
+
+
 class CNNLSTM(nn.Module):
     """Time-distributed timm CNN + temporal head.
 
@@ -345,7 +360,7 @@ class CNNLSTM(nn.Module):
             raise ValueError(f"model.{option} needs a CNN backbone with a stride-{stride} stage in timm's feature_info; "
                              f"{type(self.backbone).__name__} has none")
         stage = self.backbone.get_submodule(info[-1]["module"])
-        stage.register_forward_hook(lambda _m, _i, out: self._stage_out.__setitem__(option, out))
+        stage.register_forward_hook(_StageHook(self, option))
         return int(info[-1]["num_chs"])
 
     @property

@@ -143,6 +143,24 @@ def test_int8_quantises_every_head_and_keeps_the_ensemble():
         torch.testing.assert_close(q.forward_head(feats).exp(), model.forward_head(feats).exp(), atol=0.02, rtol=0)
 
 
+def test_int8_copy_of_a_motion_and_contrast_model_runs_from_frames():
+    """The recipe's kind of model (stage hooks for the motion map and the contrast) quantised as the
+    int8 demo, server and export do: the copy's hooks fill the copy's stage outputs, so it runs from
+    frames and gives the fp32 model's features and, up to int8, its probabilities."""
+    import copy
+
+    model = _model(2).train_head(1).eval()
+    assert model.motion != "none" and model.contrast is not None
+    clips = torch.randn(2, 6, 3, 48, 48)
+    with torch.no_grad():
+        feats = model.clip_features(clips)
+        torch.testing.assert_close(copy.deepcopy(model).clip_features(clips), feats)
+        q = quantize_head(model)
+        torch.testing.assert_close(q.clip_features(clips), feats)
+        torch.testing.assert_close(q(clips).exp(), model(clips).exp(), atol=0.02, rtol=0)
+        assert model._stage_out == {} and q._stage_out == {}
+
+
 def test_explained_attention_is_the_mean_over_the_heads():
     model = _model(2, temporal="lstm", pooling="attention", motion="none", contrast=0, contrast_grid=1)
     model.train_head(1).eval()
