@@ -238,7 +238,7 @@ def find_twins_from(cfg: Config, features, train_feats, model, classes: list[str
 
     start = time.perf_counter()
     reverse, mirror = cfg.data.reverse_pairs == "auto", cfg.data.mirror_pairs == "auto"
-    groups, found, flips, said = [], [], None, None
+    groups, found, close, flips, said = [], [], [], None, None
     if reverse:
         fwd = torch.stack([model.order_summary(v).cpu() for v in features])
         bwd = torch.stack([model.order_summary(v.flip(1)).cpu() for v in features])
@@ -254,14 +254,14 @@ def find_twins_from(cfg: Config, features, train_feats, model, classes: list[str
                                    mirror=model.mirror_inputs if mirror else None, backwards=model.reverse_inputs,
                                    batch_size=cfg.train.batch_size, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                                    seed=cfg.train.seed, rank=rank, world_size=world_size, gather=gather_objects)
-        found = match_twins(scout, groups)
+        found, close = match_twins(scout, groups)
     if mirror:  # time-reversed twins look the same mirrored or neither does (mirror.self_scores)
         twins = [(a, b) for a, b, _ in found] if reverse else reverse_pairs_to_indices(cfg.data.reverse_pairs, classes)
         itself = self_scores(said, class_counts(train_feats.labels, len(classes)), twins)
         flips = mirror_labels(said, itself=itself)
     data = cfg.data
     if reverse:
-        log.info("data.reverse_pairs=auto: %s", twin_report(found, probe, groups, classes))
+        log.info("data.reverse_pairs=auto: %s", twin_report(found, probe, groups, classes, close))
         data = replace(data, reverse_pairs=tuple((classes[a], classes[b]) for a, b, _ in found))
     if mirror:
         log.info("data.mirror_pairs=auto: %s", mirror_report(flips, said, classes, itself=itself))

@@ -24,10 +24,12 @@ from actionrec.config import ConfigError
 # data.reverse_pairs=auto (find_twins_from in build.py): the probe's pair scores link classes
 # scoring RELATED_SCORE or more into groups; a group is searched for twins when one of its pairs
 # scores SUSPECT_SCORE or more (twin_groups); inside it the scout head pairs the classes, each pair
-# needing SCOUT_SCORE or more (match_twins). Measured on 70 class sets (docs/real_footage.md).
+# needing SCOUT_SCORE or more and beating the best pairing without it by TWIN_MARGIN (match_twins).
+# Measured on 70 class sets (docs/real_footage.md).
 RELATED_SCORE = 0.15
 SUSPECT_SCORE = 0.4
 SCOUT_SCORE = 0.35
+TWIN_MARGIN = 0.05  # a pair must beat the best matching without it by this much (match_twins)
 SCOUT_EPOCHS = 40
 SCOUTS = 3
 
@@ -249,33 +251,56 @@ def _scout_says(new_model, views, y, num_classes, played, *, criterion, epochs, 
     return said
 
 
-def match_twins(scout: torch.Tensor, groups: Sequence[Sequence[int]], *,
-                floor: float = SCOUT_SCORE) -> list[tuple[int, int, float]]:
+def match_twins(scout: torch.Tensor, groups: Sequence[Sequence[int]], *, floor: float = SCOUT_SCORE,
+                margin: float = TWIN_MARGIN) -> tuple[list[tuple[int, int, float]], list[tuple[int, int, float]]]:
     """Twins inside each group: the matching of its classes (each class in one pair at most) with the
     highest total ``scout`` score over pairs scoring ``floor`` or more (networkx's maximum-weight
     matching). Two medium pairs beat one strong pair that would leave two classes alone: with
     appear/vanish 0.43, enter/exit 0.41 and vanish/enter 0.47, the first two are the twins.
-    Returns (a, b, scout score) with a < b, best first."""
+
+    A pair of the matching that beats the best matching without it by less than ``margin`` is a coin
+    flip between rival pairings of the same classes (vanish/enter 0.54 against enter/exit 0.52): it is
+    left out, since a wrong pair trains clips played backwards under a wrong label and costs more
+    than a missing one (docs/real_footage.md, "Close calls left out").
+
+    Returns:
+        (pairs kept, pairs left out as close calls), each (a, b, scout score) with a < b, best first.
+    """
     import networkx as nx
 
     graph = nx.Graph()
     graph.add_weighted_edges_from((a, b, float(scout[a, b])) for g in groups for a in g for b in g
                                   if a < b and scout[a, b] >= floor)
-    pairs = [tuple(sorted(e)) for e in nx.max_weight_matching(graph)]
-    return sorted(((a, b, float(scout[a, b])) for a, b in pairs), key=lambda p: (-p[2], p[0]))
+
+    def best(g: nx.Graph) -> tuple[list[tuple[int, int]], float]:
+        pairs = [tuple(sorted(e)) for e in nx.max_weight_matching(g)]
+        return pairs, sum(float(scout[a, b]) for a, b in pairs)
+
+    pairs, total = best(graph)
+    kept, close = [], []
+    for a, b in pairs:
+        without = graph.copy()
+        without.remove_edge(a, b)
+        (kept if total - best(without)[1] >= margin else close).append((a, b, float(scout[a, b])))
+    order = lambda p: (-p[2], p[0])  # noqa: E731
+    return sorted(kept, key=order), sorted(close, key=order)
 
 
 def twin_report(found: Sequence[tuple[int, int, float]], probe: torch.Tensor, groups: Sequence[Sequence[int]],
-                classes: Sequence[str]) -> str:
+                classes: Sequence[str], close: Sequence[tuple[int, int, float]] = ()) -> str:
     """One log line on ``data.reverse_pairs=auto``: the twins found with their probe and scout scores,
-    then the classes of the searched groups left without a twin, or, with no group to search, the
-    highest probe pair against ``SUSPECT_SCORE``."""
+    then the classes of the searched groups left without a twin (and the close calls among them,
+    ``match_twins``), or, with no group to search, the highest probe pair against ``SUSPECT_SCORE``."""
     text = ", ".join(f"{classes[a]}/{classes[b]} (probe {float(probe[a, b]):.2f}, scout {s:.2f})" for a, b, s in found)
     text = text or "no time-reversed twins"
     paired = {c for a, b, _ in found for c in (a, b)}
     alone = [classes[c] for g in groups for c in g if c not in paired]
     if alone:
-        text += f"; searched, no twin: {', '.join(alone)} (if you know their twins, name them in data.reverse_pairs)"
+        text += f"; searched, no twin: {', '.join(alone)}"
+        if close:
+            text += (" (close calls left out: " + ", ".join(f"{classes[a]}/{classes[b]} {s:.2f}" for a, b, s in close)
+                     + f", within {TWIN_MARGIN:.2f} of another pairing)")
+        text += " (if you know their twins, name them in data.reverse_pairs)"
     elif not groups and len(classes) > 1:
         n = len(classes)
         s, a, b = max((float(probe[a, b]), a, b) for a in range(n) for b in range(a + 1, n))
