@@ -84,6 +84,22 @@ def sampling_spec(data: DataConfig) -> dict:
     return {"mode": s.mode, "frame_interval": s.frame_interval, "short_video": s.short_video}
 
 
+def test_twins_from(cfg: Config, classes) -> list[int] | None:
+    """``eval.reverse_views``: each class's time-reversed twin by index, -1 for none (``CNNLSTM.set_test_twins``),
+    from ``data.reverse_pairs``; None when off, without pairs, or for ``auto`` until the pairs are found.
+
+    Raises:
+        ConfigError: a named class is not one of ``classes``.
+    """
+    pairs = cfg.data.reverse_pairs
+    if not cfg.eval.reverse_views or not pairs or pairs == "auto":
+        return None
+    twins = [-1] * len(classes)
+    for a, b in reverse_pairs_to_indices(pairs, list(classes)):
+        twins[a], twins[b] = b, a
+    return twins
+
+
 def reversal_from(cfg: Config, classes, backwards=None) -> TimeReversal | None:
     """``data.reverse_pairs`` as a ``TimeReversal`` playing clips backwards with ``backwards`` (None:
     flipped along time; the feature cache's head inputs: ``CNNLSTM.reverse_inputs``); None without
@@ -494,4 +510,8 @@ def model_from_checkpoint(path: str | Path, overrides: tuple[str, ...] | list[st
         raise CheckpointError(f"{path}: incompatible checkpoint: {len(classes)} class names, but its "
                               f"classifier has {fc.shape[0]} outputs")
     load_weights(model, ckpt["model"], path)
+    try:
+        model.set_test_twins(test_twins_from(cfg, classes))
+    except ValueError as e:
+        raise CheckpointError(f"{path}: incompatible checkpoint: {e}") from None
     return cfg, model.eval(), classes

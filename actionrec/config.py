@@ -198,6 +198,9 @@ class EvalConfig:
     num_clips: int = 10
     num_crops: Literal[1, 3] = 1
     batch_size: int = 4
+    # Each test clip also played backwards, read at the time-reversed twins' labels (data.reverse_pairs;
+    # CNNLSTM.set_test_twins): every tool that loads the checkpoint, and validation in training.
+    reverse_views: bool = False
 
 
 @dataclass(frozen=True)

@@ -91,13 +91,14 @@ def main(args: argparse.Namespace) -> dict:
     autocast, _ = setup_amp(device, args.amp)
     criterion = build.loss_from(cfg, [s.label for s in split.train], list(classes)).to(device)
     views = cfg.eval.num_clips * cfg.eval.num_crops
-    log.info("evaluating %s on %d %s videos: %d clips x %d crops = %d views each | %s, amp %s",
-             args.checkpoint, len(ds), args.split, cfg.eval.num_clips, cfg.eval.num_crops, views, device,
-             resolve_amp(device, args.amp))
+    backwards = model.test_twins is not None  # eval.reverse_views with twins: each view played backwards too
+    log.info("evaluating %s on %d %s videos: %d clips x %d crops = %d views each%s | %s, amp %s",
+             args.checkpoint, len(ds), args.split, cfg.eval.num_clips, cfg.eval.num_crops, views,
+             ", each also played backwards (eval.reverse_views)" if backwards else "", device, resolve_amp(device, args.amp))
     rep = evaluate(model, loader, criterion, class_names=classes, autocast=autocast, show_progress=dist.is_main)
     result = {k: rep[k] for k in ("top1", "top5", "mean_class_acc", "loss", "num_videos", "per_class_acc", "confusion")}
     result.update(checkpoint=str(args.checkpoint), split=args.split, num_clips=cfg.eval.num_clips,
-                  num_crops=cfg.eval.num_crops, class_names=classes, failed=rep["failed"], config=config_to_dict(cfg))
+                  num_crops=cfg.eval.num_crops, reverse_views=backwards, class_names=classes, failed=rep["failed"], config=config_to_dict(cfg))
     if dist.is_main:
         out = args.out or args.checkpoint.parent / "eval"
         out.mkdir(parents=True, exist_ok=True)

@@ -102,6 +102,7 @@ def build_run(cfg: Config, args: argparse.Namespace) -> Run:
         # auto reverse_pairs / mirror_pairs: found
         cfg = build.use_cached_features(cfg, data, split, core, barrier=D.barrier, on_cached=rechoose_threads,
                                         **loader_kw)
+    core.set_test_twins(build.test_twins_from(cfg, data.classes))  # eval.reverse_views: validation as tools/eval.py
     criterion = build.loss_from(cfg, data.train_ds.labels, data.classes).to(head_dev)
     optimizer = create_optimizer(core, cfg.optim.name, **build.optimizer_kwargs(cfg))
     steps_per_epoch = min(len(data.train_loader), cfg.train.max_steps_per_epoch or len(data.train_loader))

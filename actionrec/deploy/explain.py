@@ -106,11 +106,13 @@ def _upsample(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 class _Capture:
     """Forward hooks: the target layer's latest output, and the attention weights (if any; with
-    ``model.heads`` > 1 their mean over the heads that ran)."""
+    ``model.heads`` > 1 their mean over the heads that ran; with ``eval.reverse_views`` the heads ran
+    on the clip and then on the clip played backwards, whose weights are flipped back onto the frames)."""
 
     def __init__(self, model: nn.Module, layer: nn.Module):
         self.act: torch.Tensor | None = None
         self._attention: list[torch.Tensor] = []
+        self._backwards = getattr(model, "test_twins", None) is not None  # CNNLSTM.set_test_twins
         self._hooks = [layer.register_forward_hook(self._keep_act)]
         members = model.members() if hasattr(model, "members") else [(model.head, None)]
         for head, _ in members:
@@ -120,7 +122,12 @@ class _Capture:
 
     @property
     def attention(self) -> torch.Tensor | None:
-        return torch.stack(self._attention).mean(0) if self._attention else None
+        if not self._attention:
+            return None
+        runs, half = self._attention, len(self._attention) // 2
+        if self._backwards and half:  # the second half ran on the clip played backwards
+            runs = runs[:half] + [w.flip(-1) for w in runs[half:]]
+        return torch.stack(runs).mean(0)
 
     def _keep_act(self, _mod, _inp, out) -> None:
         self.act = out

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 
 import timm
@@ -241,6 +242,7 @@ class CNNLSTM(nn.Module):
         if feature_grid < 1:
             raise ValueError(f"feature_grid must be >= 1, got {feature_grid}")
         self.feature_grid = feature_grid
+        self.test_twins: list[int] | None = None  # set_test_twins (eval.reverse_views)
         self.reads_inputs = False  # forward of (B, T, .) tensors: features (forward_head) or head_inputs (read_head_inputs)
         # Grid pooling: timm's head without its global pool ('' pool type) still holds the layers
         # that follow pooling (MobileNetV3 conv_head 576 -> 1024, ConvNeXt head.norm, MambaOut's
@@ -472,8 +474,46 @@ class CNNLSTM(nn.Module):
         """
         feats = feats.to(self.output_device, non_blocking=True).float()
         with torch.autocast(device_type=feats.device.type, enabled=False):
-            motion = self.motion_corr(self._motion_maps(feats)) if self.motion != "none" else None
-            return self._head(feats, motion, lengths)
+            logits = self._head_of_features(feats, lengths)
+            if self._reverses(lengths):
+                logits = self._with_backwards(logits, self._head_of_features(feats.flip(1), lengths))
+            return logits
+
+    def _head_of_features(self, feats: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        motion = self.motion_corr(self._motion_maps(feats)) if self.motion != "none" else None
+        return self._head(feats, motion, lengths)
+
+    # Test-time reversal (eval.reverse_views): a clip of class c played backwards is a clip of c's
+    # time-reversed twin, so the head's answer for the clip backwards is a second opinion on c.
+
+    def set_test_twins(self, twins: Sequence[int] | None) -> "CNNLSTM":
+        """Test-time reversal (``eval.reverse_views``): ``twins[c]`` is the class whose label a clip of
+        class c takes when played backwards (its time-reversed twin, or c itself for a class that is
+        the same either way), -1 for a class without one (``data.reverse_pairs``). In eval mode
+        ``forward_head`` and ``forward_inputs`` then also run every whole clip (no ``lengths``) played
+        backwards, and a class with a twin scores the mean of the clip's softmax for it and the
+        backwards clip's softmax for its twin, renormalised (a class without one keeps its own
+        share); the result is returned as its log, as the heads' ensemble is. None turns it off.
+        Training is unchanged. Returns self."""
+        if twins is not None:
+            twins = [int(t) for t in twins]
+            if len(twins) != self.num_classes or any(not -1 <= t < self.num_classes for t in twins):
+                raise ValueError(f"test twins must be {self.num_classes} class indices or -1, got {twins}")
+            if all(t < 0 for t in twins):
+                twins = None
+        self.test_twins = twins
+        return self
+
+    def _reverses(self, lengths: torch.Tensor | None) -> bool:
+        return self.test_twins is not None and not self.training and lengths is None
+
+    def _with_backwards(self, logits: torch.Tensor, back: torch.Tensor) -> torch.Tensor:
+        """(B, K) logits of clips and of the same clips played backwards -> the log of their
+        combined softmax (``set_test_twins``)."""
+        twin = torch.tensor(self.test_twins, device=logits.device)
+        p, r = logits.softmax(-1), back.softmax(-1)
+        q = torch.where(twin >= 0, (p + r[:, twin.clamp_min(0)]) / 2, p)
+        return (q / q.sum(-1, keepdim=True)).log()
 
     def _motion_maps(self, feats: torch.Tensor) -> torch.Tensor:
         a = self.appearance_dim
@@ -527,7 +567,11 @@ class CNNLSTM(nn.Module):
             return self.forward_head(inputs, lengths)
         a, m = self.appearance_dim, self.motion_corr.out_dim
         with torch.autocast(device_type=inputs.device.type, enabled=False):
-            return self._head(inputs, inputs[..., a : a + m], lengths)
+            logits = self._head(inputs, inputs[..., a : a + m], lengths)
+            if self._reverses(lengths):
+                back = self.reverse_inputs(inputs)
+                logits = self._with_backwards(logits, self._head(back, back[..., a : a + m], lengths))
+            return logits
 
     def read_head_inputs(self, on: bool = True) -> "CNNLSTM":
         """From now on ``forward`` takes (B, T, H) tensors as ``head_inputs``, not features (the

@@ -103,6 +103,8 @@ def test_recipe_learns_temporal_order_on_real_footage(runs):
     rec = runs["recipe"]
     assert rec["num_videos"] == 96  # balanced: 8 classes x 12
     assert (rec["num_clips"], rec["num_crops"]) == (3, 3)  # the config's own testing
+    # ... each view also played backwards at the twins' labels (eval.reverse_views; none without twins)
+    assert rec["reverse_views"] is True and runs["baseline"]["reverse_views"] is False
     # Issue 12's CI bar, on the recipe's own testing (seed-0 set: the spread over training seeds in docs/real_footage.md).
     assert rec["mean_class_acc"] >= 0.85, rec["per_class_acc"]
     # Motion (pans, zooms, rising and falling) is what the motion features read best.
