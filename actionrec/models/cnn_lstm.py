@@ -511,9 +511,10 @@ class CNNLSTM(nn.Module):
         """(B, K) logits of clips and of the same clips played backwards -> the log of their
         combined softmax (``set_test_twins``)."""
         twin = torch.tensor(self.test_twins, device=logits.device)
-        p, r = logits.softmax(-1), back.softmax(-1)
-        q = torch.where(twin >= 0, (p + r[:, twin.clamp_min(0)]) / 2, p)
-        return (q / q.sum(-1, keepdim=True)).log()
+        # In log space, as the heads' ensemble: a softmax that underflows to 0 gives no -inf here.
+        own, back = logits.log_softmax(-1), back.log_softmax(-1)[:, twin.clamp_min(0)]
+        q = torch.where(twin >= 0, torch.stack([own, back]).logsumexp(0) - math.log(2), own)
+        return q - q.logsumexp(-1, keepdim=True)
 
     def _motion_maps(self, feats: torch.Tensor) -> torch.Tensor:
         a = self.appearance_dim

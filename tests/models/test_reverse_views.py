@@ -90,6 +90,17 @@ def test_twins_are_checked():
     assert model.set_test_twins([-1] * 5).test_twins is None  # no twin anywhere: off
 
 
+def test_confident_heads_give_finite_log_probabilities():
+    # A softmax of fp32 logits 200 apart is exactly 0; the combination stays finite (the eval loss reads it).
+    model = _model().set_test_twins(TWINS)
+    logits = torch.tensor([[200.0, 0.0, 0.0, 0.0, 0.0]])
+    out = model._with_backwards(logits, torch.tensor([[0.0, 0.0, 0.0, 0.0, 200.0]]))
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.exp().sum(-1), torch.ones(1))
+    # Class 0 has it from the clip, class 3 from the clip backwards (read at its twin, 4): half each.
+    torch.testing.assert_close(out[0, [0, 3]].exp(), torch.tensor([0.5, 0.5]))
+
+
 def test_int8_and_onnx_copies_keep_it(tmp_path):
     from actionrec.deploy.export import export_onnx, max_abs_diff_onnx
 
