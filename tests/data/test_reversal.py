@@ -174,22 +174,25 @@ def test_twin_groups_link_related_classes_and_keep_groups_with_a_suspect_pair():
     assert sorted(map(sorted, twin_groups(s, related=0.3))) == [[0, 1], [2, 3]]
 
 
+def _pair_scores(scores: dict, n: int = 6) -> torch.Tensor:
+    """(n, n) symmetric scout scores from {(a, b): score}."""
+    s = torch.zeros(n, n)
+    for (a, b), v in scores.items():
+        s[a, b] = s[b, a] = v
+    return s
+
+
 def test_match_twins_takes_the_best_total_scout_score_inside_groups_only():
     from actionrec.data.reversal import match_twins
 
-    s = torch.zeros(6, 6)
-    def put(a, b, v):
-        s[a, b] = s[b, a] = v
     # 0 appear, 1 vanish, 2 enter, 3 exit (the seed-6 set's scout scores): vanish/enter is the
-    # single best pair, but appear/vanish + enter/exit is the better pairing of the four.
-    put(0, 1, 0.43)
-    put(2, 3, 0.41)
-    put(1, 2, 0.47)
-    put(0, 3, 0.30)  # under the scout bar (0.35): never a twin
-    put(4, 5, 0.90)  # outside every group: never paired
+    # single best pair, but appear/vanish + enter/exit is the better pairing of the four. Appear/exit
+    # is under the scout bar (0.35): never a twin; 4/5 is outside every group: never paired.
+    scores = {(0, 1): 0.43, (2, 3): 0.41, (1, 2): 0.47, (0, 3): 0.30, (4, 5): 0.90}
+    s = _pair_scores(scores)
     assert match_twins(s, [[0, 1, 2, 3]]) == ([(0, 1, pytest.approx(0.43)), (2, 3, pytest.approx(0.41))], [])
-    put(2, 3, 0.30)  # enter/exit under the bar too: the best single pair wins by a clear margin
-    put(1, 2, 0.55)
+    # Enter/exit under the bar too: the best single pair wins by a clear margin.
+    s = _pair_scores({**scores, (2, 3): 0.30, (1, 2): 0.55})
     assert match_twins(s, [[0, 1, 2, 3]]) == ([(1, 2, pytest.approx(0.55))], [])
     assert match_twins(s, [[0, 1, 2, 3], [4, 5]])[0][0] == (4, 5, pytest.approx(0.90))
     assert match_twins(s, [[0, 3]]) == ([], []) and match_twins(s, []) == ([], [])
@@ -198,26 +201,17 @@ def test_match_twins_takes_the_best_total_scout_score_inside_groups_only():
 def test_match_twins_leaves_out_close_calls_between_rival_pairings():
     from actionrec.data.reversal import TWIN_MARGIN, match_twins
 
-    s = torch.zeros(6, 6)
-    def put(a, b, v):
-        s[a, b] = s[b, a] = v
+    assert TWIN_MARGIN == 0.05
     # 0 appear, 1 vanish, 2 enter, 3 exit; the seed-42 set with scout seed 3: vanish/enter 0.54 against
     # enter/exit 0.52 (appear/vanish 0.34, under the bar). Either pairing is a coin flip: neither is kept.
-    put(0, 1, 0.34)
-    put(1, 2, 0.54)
-    put(2, 3, 0.52)
-    put(4, 5, 0.90)
-    assert TWIN_MARGIN == 0.05
+    s = _pair_scores({(0, 1): 0.34, (1, 2): 0.54, (2, 3): 0.52, (4, 5): 0.90})
     assert match_twins(s, [[0, 1, 2, 3], [4, 5]]) == ([(4, 5, pytest.approx(0.90))], [(1, 2, pytest.approx(0.54))])
-    # Crossed pairings scoring within 0.02 of the true ones (the seed-40 set with a warmer softmax): both out.
-    put(0, 1, 0.50)
-    put(2, 3, 0.38)
-    put(0, 3, 0.42)
-    put(1, 2, 0.47)
-    kept, close = match_twins(s, [[0, 1, 2, 3]])
+    # Crossed pairings scoring 0.01 over the true ones (the seed-40 set with a warmer softmax): both out.
+    crossed = {(0, 1): 0.50, (2, 3): 0.38, (0, 3): 0.42, (1, 2): 0.47}
+    kept, close = match_twins(_pair_scores(crossed), [[0, 1, 2, 3]])
     assert kept == [] and close == [(1, 2, pytest.approx(0.47)), (0, 3, pytest.approx(0.42))]
     # The same classes with the true pairs 0.06 ahead: kept.
-    put(2, 3, 0.45)
+    s = _pair_scores({**crossed, (2, 3): 0.45})
     assert match_twins(s, [[0, 1, 2, 3]]) == ([(0, 1, pytest.approx(0.50)), (2, 3, pytest.approx(0.45))], [])
 
 
