@@ -91,13 +91,8 @@ def test_twins_from(cfg: Config, classes) -> list[int] | None:
     Raises:
         ConfigError: a named class is not one of ``classes``.
     """
-    pairs = cfg.data.reverse_pairs
-    if not cfg.eval.reverse_views or not pairs or pairs == "auto":
-        return None
-    twins = [-1] * len(classes)
-    for a, b in reverse_pairs_to_indices(pairs, list(classes)):
-        twins[a], twins[b] = b, a
-    return twins
+    reversal = reversal_from(cfg, classes) if cfg.eval.reverse_views else None
+    return None if reversal is None else [reversal.twin.get(c, -1) for c in range(len(classes))]
 
 
 def reversal_from(cfg: Config, classes, backwards=None) -> TimeReversal | None:
