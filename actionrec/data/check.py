@@ -55,7 +55,7 @@ from actionrec.data.splits import (
     find_split_dir,
     parse_list_line,
 )
-from actionrec.data.video_io import VideoDecodeError, VideoReader, pyav_frame_count
+from actionrec.data.video_io import VideoDecodeError, VideoReader, frame_array, frame_converter, pyav_frame_count
 from actionrec.errors import UsageError, first_line
 
 STATUSES = ("unreadable", "zero_frames", "truncated", "seek_unreliable", "too_short", "ok")
@@ -158,7 +158,7 @@ def _decode_into(path: str, sample_count: int, out: dict) -> None:
         out["declared"] = declared = header or frames
         out["packets"] = frames
         out["sample"] = want = _sample_indices(path, declared, sample_count)
-        wanted = set(want)
+        wanted, converter = set(want), frame_converter()
         n = 0
         try:
             for packet in container.demux(stream):
@@ -168,7 +168,7 @@ def _decode_into(path: str, sample_count: int, out: dict) -> None:
                     if n == 0:
                         out["width"], out["height"] = frame.width, frame.height
                     if n in wanted:
-                        out["frames"][n] = frame.to_ndarray(format="rgb24")
+                        out["frames"][n] = frame_array(frame, "rgb24", converter)
                     n += 1
         except av.error.FFmpegError as e:
             out["error"] = first_line(e, path)

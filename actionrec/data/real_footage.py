@@ -38,6 +38,7 @@ import numpy as np
 
 from actionrec.errors import UsageError
 from actionrec.data.synthetic import MARKER_NAME, SPLIT_DIR_NAME, _stream_id, _write_lines, _write_video, build_atomically
+from actionrec.data.video_io import frame_array, frame_converter
 
 logger = logging.getLogger(__name__)
 
@@ -74,11 +75,12 @@ def load_sources(folder: Path | None = None) -> dict[str, np.ndarray]:
 
     folder = folder or source_clip_dir()
     out = {}
+    converter = frame_converter()
     for name in SOURCE_CLIPS:
         frames = []
         with av.open(str(folder / name)) as container:
             for frame in container.decode(video=0):
-                img = frame.to_ndarray(format="bgr24")
+                img = frame_array(frame, "bgr24", converter)
                 h, w = img.shape[:2]
                 size = (max(2, round(w * _SOURCE_HEIGHT / h)), _SOURCE_HEIGHT)
                 frames.append(cv2.resize(img, size, interpolation=cv2.INTER_AREA if h > _SOURCE_HEIGHT else cv2.INTER_LINEAR))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from actionrec.data.video_io import VideoDecodeError
+from actionrec.data.video_io import VideoDecodeError, frame_converter
 from actionrec.errors import first_line
 
 
@@ -163,7 +163,7 @@ def _reencode(inp, ist, tmp: Path, *, short_side: int, fps: float | None, codec:
     ist.thread_count = threads
     src_rate = Fraction(ist.average_rate or ist.guessed_rate or 25)
     enc = _Encoded(rate=Fraction(fps).limit_denominator(1001) if fps else src_rate)
-    ost = None
+    ost, converter = None, frame_converter()
     with av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as out:
         try:
             for frame in inp.decode(ist):
@@ -173,7 +173,8 @@ def _reencode(inp, ist, tmp: Path, *, short_side: int, fps: float | None, codec:
                 # Source frame i covers [i, i + 1) / src_rate; emit every output tick in it.
                 end = (enc.frames_in + 1) / src_rate
                 if enc.frames_out / enc.rate < end:
-                    img = frame.reformat(width=enc.size[0], height=enc.size[1], format="yuv420p", interpolation="AREA")
+                    img = converter.reformat(frame, width=enc.size[0], height=enc.size[1], format="yuv420p",
+                                             interpolation="AREA")
                     img.pict_type = 0  # the source's I/P/B type would force x264's frame types
                     while enc.frames_out / enc.rate < end:
                         img.pts, img.time_base = enc.frames_out, 1 / enc.rate

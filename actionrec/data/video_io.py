@@ -247,6 +247,25 @@ def pyav_frame_count(container, stream) -> tuple[int, int | None, int | None]:
     return n, declared, damaged
 
 
+def frame_converter():
+    """A PyAV pixel-format converter (``VideoReformatter``) of our own: ``frame_array`` with it.
+
+    Not ``frame.to_ndarray(format=...)``: from PyAV 18.1.1 that converts through one swscale
+    converter kept per thread, whose slice threads a forked process does not have, so a DataLoader
+    worker forked after the main process had converted a frame of the same size waited for them
+    forever (``tests/data/test_video_io.py``). Make one where it is used (each reader opens its own in
+    the process that reads), never before a fork."""
+    from av.video.reformatter import VideoReformatter
+
+    return VideoReformatter()
+
+
+def frame_array(frame, fmt: str, converter) -> np.ndarray:
+    """(H, W, 3) uint8 array of a PyAV video ``frame`` in pixel format ``fmt`` (rgb24, bgr24) through
+    ``converter`` (``frame_converter``)."""
+    return converter.reformat(frame, format=fmt).to_ndarray()
+
+
 class _PyAVSource:
     def __init__(self, path: str, num_threads: int):
         import av
@@ -266,6 +285,7 @@ class _PyAVSource:
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"  # FFmpeg's threaded decoding is bit-exact
         self._stream.thread_count = self._threads
+        self._converter = frame_converter()
         self._frames, self._pos = self._decode(), 0
 
     def _decode(self):
@@ -292,7 +312,7 @@ class _PyAVSource:
                         return out
                     raise _EndOfStream(pos)
                 pos += 1
-            out.append(frame.to_ndarray(format="rgb24"))  # only needed frames
+            out.append(frame_array(frame, "rgb24", self._converter))  # only needed frames
         self._pos = pos
         return out
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from actionrec.data.dataset import ClipSampling, VideoClipDataset
 from actionrec.data.loader import build_loader
 from actionrec.data.sampling import train_clip_indices
+from actionrec.data.video_io import frame_converter
 from actionrec.data.synthetic import SYNTHETIC_CLASSES, render_synthetic_video
 from actionrec.data.transforms import FrameOcclusion, eval_transform, train_transform
 from actionrec.data import video_io
@@ -96,10 +97,11 @@ def _real_footage_avi(out: Path, *, count: int, width: int, height: int, num_fra
                 stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
                 stream.codec_context.max_b_frames, stream.codec_context.gop_size = 2, 12
                 stream.bit_rate = 1_000_000
+                converter = frame_converter()
                 for n, frame in enumerate(inp.decode(video=0)):
                     if n >= num_frames:
                         break
-                    small = frame.reformat(width=width, height=height, format="yuv420p")
+                    small = converter.reformat(frame, width=width, height=height, format="yuv420p")
                     small.pts, small.time_base = n, Fraction(1, 25)
                     dst.mux(stream.encode(small))
                 dst.mux(stream.encode())

@@ -324,3 +324,34 @@ def test_bad_arguments(frame_index_video):
         VideoReader(frame_index_video, backend="pyav", seek="always")
     with VideoReader(frame_index_video) as reader, pytest.raises(TypeError):
         reader.get_frames([1.5])
+
+
+def _read_and_compare(path: str, expected: np.ndarray) -> None:
+    """In a forked child: exit 0 when the pyav reader gives ``expected``, 3 when it gives other frames."""
+    import os
+
+    with VideoReader(path, backend="pyav", seek="never") as reader:
+        got = reader.get_frames(list(range(len(expected))))
+    os._exit(0 if np.array_equal(got, expected) else 3)
+
+
+def test_a_process_forked_after_pyav_converted_frames_still_reads(make_video):
+    """PyAV 18.1.1 converts ``frame.to_ndarray(format=...)`` through one swscale converter kept per
+    thread, whose slice threads a forked process does not have: a DataLoader worker forked after the
+    main process had converted frames of the same size waited for them forever (it hung CI). The
+    readers convert through a converter of their own (``video_io.frame_converter``)."""
+    import multiprocessing
+
+    frames = np.random.default_rng(0).integers(0, 256, (10, 240, 320, 3), dtype=np.uint8)
+    path = make_video("fork.avi", frames, fps=25, fourcc="XVID")
+    with av.open(str(path)) as container:  # what the main process (any PyAV user) may have done
+        plain = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    expected = read_all_frames(path)
+    np.testing.assert_array_equal(expected, plain)  # the readers' converter gives PyAV's pixels
+    child = multiprocessing.get_context("fork").Process(target=_read_and_compare, args=(str(path), expected))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+        child.join()
+    assert child.exitcode == 0, f"forked reader exit code {child.exitcode} (None or -9: it hung)"
