@@ -272,6 +272,7 @@ class _PyAVSource:
 
         self.path, self._threads, self._av = path, num_threads, av
         self.errors, self._container, self._frames = (av.error.FFmpegError,), None, None
+        self._converter = frame_converter()  # one per reader: reopening keeps its swscale context
         self._open()
         self.fps = float(self._stream.average_rate or self._stream.guessed_rate or 0)
         self.num_frames, self.declared, self.first_damaged = pyav_frame_count(self._container, self._stream)
@@ -285,7 +286,6 @@ class _PyAVSource:
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"  # FFmpeg's threaded decoding is bit-exact
         self._stream.thread_count = self._threads
-        self._converter = frame_converter()
         self._frames, self._pos = self._decode(), 0
 
     def _decode(self):
