@@ -24,7 +24,7 @@ from actionrec.config import ConfigError
 # data.reverse_pairs=auto (find_twins_from in build.py): the probe's pair scores link classes
 # scoring RELATED_SCORE or more into groups; a group is searched for twins when one of its pairs
 # scores SUSPECT_SCORE or more (twin_groups); inside it the scout head pairs the classes, each pair
-# needing SCOUT_SCORE or more and beating the best pairing without it by TWIN_MARGIN (match_twins).
+# of its best matching needing SCOUT_SCORE or more and beating the best pairing without it by TWIN_MARGIN (match_twins).
 # Measured on 70 class sets (docs/real_footage.md).
 RELATED_SCORE = 0.15
 SUSPECT_SCORE = 0.4
@@ -254,14 +254,21 @@ def _scout_says(new_model, views, y, num_classes, played, *, criterion, epochs, 
 def match_twins(scout: torch.Tensor, groups: Sequence[Sequence[int]], *, floor: float = SCOUT_SCORE,
                 margin: float = TWIN_MARGIN) -> tuple[list[tuple[int, int, float]], list[tuple[int, int, float]]]:
     """Twins inside each group: the matching of its classes (each class in one pair at most) with the
-    highest total ``scout`` score over pairs scoring ``floor`` or more (networkx's maximum-weight
-    matching). Two medium pairs beat one strong pair that would leave two classes alone: with
-    appear/vanish 0.43, enter/exit 0.41 and vanish/enter 0.47, the first two are the twins.
+    highest total ``scout`` score (networkx's maximum-weight matching), of whose pairs those scoring
+    ``floor`` or more are twins. Two medium pairs beat one strong pair that would leave two classes
+    alone: with appear/vanish 0.43, enter/exit 0.41 and vanish/enter 0.47, the first two are the twins.
+
+    The floor is applied to the matching, not before it: a true pair scoring just under it still
+    rules out the rival pairing that would cross it. On the seed-94 set appear/vanish scored 0.33 and
+    enter/exit 0.66 against appear/exit 0.40 and vanish/enter 0.39; with the floor first, the two
+    crossed pairs (0.79) beat enter/exit alone and both were kept, wrong; matched first (0.99 against
+    0.79), enter/exit is a twin and appear/vanish, under the floor, is not (docs/real_footage.md,
+    "Four fresh sets").
 
     A pair of the matching that beats the best matching without it by less than ``margin`` is a coin
-    flip between rival pairings of the same classes (vanish/enter 0.54 against enter/exit 0.52): it is
-    left out, since a wrong pair trains clips played backwards under a wrong label and costs more
-    than a missing one (docs/real_footage.md, "Close calls left out").
+    flip between rival pairings of the same classes (appear/exit 0.42 + vanish/enter 0.47 against
+    appear/vanish 0.50 + enter/exit 0.38): it is left out, since a wrong pair trains clips played backwards under a wrong
+    label and costs more than a missing one (docs/real_footage.md, "Close calls left out").
 
     Returns:
         (pairs kept, pairs left out as close calls), each (a, b, scout score) with a < b, best first.
@@ -269,8 +276,7 @@ def match_twins(scout: torch.Tensor, groups: Sequence[Sequence[int]], *, floor: 
     import networkx as nx
 
     graph = nx.Graph()
-    graph.add_weighted_edges_from((a, b, float(scout[a, b])) for g in groups for a in g for b in g
-                                  if a < b and scout[a, b] >= floor)
+    graph.add_weighted_edges_from((a, b, float(scout[a, b])) for g in groups for a in g for b in g if a < b)
 
     def best(g: nx.Graph) -> tuple[list[tuple[int, int]], float]:
         pairs = [tuple(sorted(e)) for e in nx.max_weight_matching(g)]
@@ -279,6 +285,8 @@ def match_twins(scout: torch.Tensor, groups: Sequence[Sequence[int]], *, floor: 
     pairs, total = best(graph)
     kept, close = [], []
     for a, b in pairs:
+        if scout[a, b] < floor:
+            continue
         without = graph.copy()
         without.remove_edge(a, b)
         (kept if total - best(without)[1] >= margin else close).append((a, b, float(scout[a, b])))

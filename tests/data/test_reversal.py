@@ -198,14 +198,38 @@ def test_match_twins_takes_the_best_total_scout_score_inside_groups_only():
     assert match_twins(s, [[0, 3]]) == ([], []) and match_twins(s, []) == ([], [])
 
 
+def test_match_twins_applies_the_bar_to_the_best_matching_not_before_it():
+    from actionrec.data.reversal import SCOUT_SCORE, match_twins
+
+    assert SCOUT_SCORE == 0.35
+    # 0 appear, 1 vanish, 2 enter, 3 exit: the seed-94 set's scouts (docs/real_footage.md, "Four fresh
+    # sets"). Appear/vanish (0.33) is just under the bar; with the bar applied first the crossed pairs
+    # appear/exit + vanish/enter (0.79) beat enter/exit alone (0.66) and both were kept, wrong (0.750
+    # mean class accuracy; 0.842 with enter/exit alone). The best matching of the four is the true
+    # one (0.99): enter/exit is a twin, appear/vanish is left without one.
+    s = _pair_scores({(0, 1): 0.33, (0, 3): 0.40, (1, 2): 0.39, (2, 3): 0.66, (1, 3): 0.02, (4, 5): 0.94})
+    assert match_twins(s, [[0, 1, 2, 3], [4, 5]]) == ([(4, 5, pytest.approx(0.94)), (2, 3, pytest.approx(0.66))], [])
+    # Only the crossed pairs above the bar and the true ones weaker together: the crossed pairing is
+    # the best matching, and its pairs over the bar are twins (the scores are all there is to go on).
+    s = _pair_scores({(0, 1): 0.20, (0, 3): 0.40, (1, 2): 0.39, (2, 3): 0.30})
+    assert match_twins(s, [[0, 1, 2, 3]]) == ([(0, 3, pytest.approx(0.40)), (1, 2, pytest.approx(0.39))], [])
+
+
 def test_match_twins_leaves_out_close_calls_between_rival_pairings():
     from actionrec.data.reversal import TWIN_MARGIN, match_twins
 
     assert TWIN_MARGIN == 0.05
     # 0 appear, 1 vanish, 2 enter, 3 exit; the seed-42 set with scout seed 3: vanish/enter 0.54 against
-    # enter/exit 0.52 (appear/vanish 0.34, under the bar). Either pairing is a coin flip: neither is kept.
+    # enter/exit 0.52, appear/vanish 0.34 (under the bar) and appear/exit 0. Vanish/enter is a coin
+    # flip against enter/exit alone, but appear/vanish + enter/exit (0.86) is the clearly better
+    # pairing of the four: enter/exit is a twin, appear/vanish (under the bar) is not, and the
+    # crossing vanish/enter is neither kept nor a close call.
     s = _pair_scores({(0, 1): 0.34, (1, 2): 0.54, (2, 3): 0.52, (4, 5): 0.90})
-    assert match_twins(s, [[0, 1, 2, 3], [4, 5]]) == ([(4, 5, pytest.approx(0.90))], [(1, 2, pytest.approx(0.54))])
+    assert match_twins(s, [[0, 1, 2, 3], [4, 5]]) == ([(4, 5, pytest.approx(0.90)), (2, 3, pytest.approx(0.52))], [])
+    # With appear/exit at 0.33 the crossed pairing (0.87) is 0.01 ahead: a coin flip, nothing kept
+    # (appear/exit, under the bar, is not even a close call).
+    s = _pair_scores({(0, 1): 0.34, (1, 2): 0.54, (2, 3): 0.52, (0, 3): 0.33})
+    assert match_twins(s, [[0, 1, 2, 3]]) == ([], [(1, 2, pytest.approx(0.54))])
     # Crossed pairings scoring 0.01 over the true ones (the seed-40 set with a warmer softmax): both out.
     crossed = {(0, 1): 0.50, (2, 3): 0.38, (0, 3): 0.42, (1, 2): 0.47}
     kept, close = match_twins(_pair_scores(crossed), [[0, 1, 2, 3]])
