@@ -24,7 +24,8 @@ from actionrec.config import ConfigError
 # data.reverse_pairs=auto (find_twins_from in build.py): the probe's pair scores link classes
 # scoring RELATED_SCORE or more into groups; a group is searched for twins when one of its pairs
 # scores SUSPECT_SCORE or more (twin_groups); inside it the scout head pairs the classes, each pair
-# of its best matching needing SCOUT_SCORE or more and beating the best pairing without it by TWIN_MARGIN (match_twins).
+# of its best matching needing SCOUT_SCORE or more and beating the best pairing without it by
+# TWIN_MARGIN (match_twins).
 # Measured on 70 class sets (docs/real_footage.md).
 RELATED_SCORE = 0.15
 SUSPECT_SCORE = 0.4
@@ -267,8 +268,9 @@ def match_twins(scout: torch.Tensor, groups: Sequence[Sequence[int]], *, floor: 
 
     A pair of the matching that beats the best matching without it by less than ``margin`` is a coin
     flip between rival pairings of the same classes (appear/exit 0.42 + vanish/enter 0.47 against
-    appear/vanish 0.50 + enter/exit 0.38): it is left out, since a wrong pair trains clips played backwards under a wrong
-    label and costs more than a missing one (docs/real_footage.md, "Close calls left out").
+    appear/vanish 0.50 + enter/exit 0.38): it is left out, since a wrong pair trains clips played
+    backwards under a wrong label and costs more than a missing one (docs/real_footage.md, "Close
+    calls left out").
 
     Returns:
         (pairs kept, pairs left out as close calls), each (a, b, scout score) with a < b, best first.
