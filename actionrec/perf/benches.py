@@ -22,11 +22,10 @@ import torch.nn.functional as F
 from actionrec.data.dataset import ClipSampling, VideoClipDataset
 from actionrec.data.loader import build_loader
 from actionrec.data.sampling import train_clip_indices
-from actionrec.data.video_io import frame_converter
 from actionrec.data.synthetic import SYNTHETIC_CLASSES, render_synthetic_video
 from actionrec.data.transforms import FrameOcclusion, eval_transform, train_transform
 from actionrec.data import video_io
-from actionrec.data.video_io import VideoReader
+from actionrec.data.video_io import VideoReader, frame_converter
 from actionrec.models.factory import create_model
 from actionrec.perf.timing import Row, interleaved
 

@@ -220,10 +220,10 @@ def test_match_twins_leaves_out_close_calls_between_rival_pairings():
 
     assert TWIN_MARGIN == 0.05
     # 0 appear, 1 vanish, 2 enter, 3 exit; the seed-42 set with scout seed 3: vanish/enter 0.54 against
-    # enter/exit 0.52 and appear/vanish 0.34 (under the bar; appear/exit, under it too, is 0 here). Vanish/enter is a coin
-    # flip against enter/exit alone, but appear/vanish + enter/exit (0.86) is the clearly better
-    # pairing of the four: enter/exit is a twin, appear/vanish (under the bar) is not, and the
-    # crossing vanish/enter is neither kept nor a close call.
+    # enter/exit 0.52 and appear/vanish 0.34 (under the bar; appear/exit, under it too, is 0 here).
+    # Vanish/enter is a coin flip against enter/exit alone, but appear/vanish + enter/exit (0.86) is
+    # the clearly better pairing of the four: enter/exit is a twin, appear/vanish (under the bar) is
+    # not, and the crossing vanish/enter is neither kept nor a close call.
     s = _pair_scores({(0, 1): 0.34, (1, 2): 0.54, (2, 3): 0.52, (4, 5): 0.90})
     assert match_twins(s, [[0, 1, 2, 3], [4, 5]]) == ([(4, 5, pytest.approx(0.90)), (2, 3, pytest.approx(0.52))], [])
     # With appear/exit at 0.33 the crossed pairing (0.87) is 0.01 ahead: a coin flip, nothing kept
